@@ -1,0 +1,68 @@
+"""onnxstitch: convert models from any framework to ONNX, stitch them into one graph, run and ship it.
+
+The public API is imported lazily: ``import onnxstitch`` imports neither torch nor TensorFlow, and
+only pulls in what a name needs the first time it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from onnxstitch.errors import StitchError
+
+__version__ = "0.1.0"
+
+# public name -> (module, attribute); attribute None means the module itself
+_LAZY: dict[str, tuple[str, str | None]] = {
+    # files
+    "load": ("onnxstitch.files", "load"),
+    "save": ("onnxstitch.files", "save"),
+    # converters
+    "from_torch": ("onnxstitch.converters", "from_torch"),
+    "from_keras": ("onnxstitch.converters", "from_keras"),
+    # compose
+    "merge": ("onnxstitch.compose", "merge"),
+    "chain": ("onnxstitch.compose", "chain"),
+    "extract": ("onnxstitch.compose", "extract"),
+    "replace": ("onnxstitch.compose", "replace"),
+    "optimize": ("onnxstitch.compose", "optimize"),
+    "Link": ("onnxstitch.compose", "Link"),
+    "adapters": ("onnxstitch.compose.adapters", None),
+    # runtime
+    "Session": ("onnxstitch.runtime", "Session"),
+    "verify": ("onnxstitch.runtime", "verify"),
+    "VerifyReport": ("onnxstitch.runtime", "VerifyReport"),
+    "bench": ("onnxstitch.runtime", "bench"),
+    "deploy_triton": ("onnxstitch.runtime.deploy", "deploy_triton"),
+    "deploy_kserve": ("onnxstitch.runtime.deploy", "deploy_kserve"),
+    # errors module
+    "errors": ("onnxstitch.errors", None),
+}
+
+__all__ = ["StitchError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'onnxstitch' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from onnxstitch import errors
+    from onnxstitch.compose import Link, chain, extract, merge, optimize, replace
+    from onnxstitch.compose import adapters
+    from onnxstitch.converters import from_keras, from_torch
+    from onnxstitch.files import load, save
+    from onnxstitch.runtime import Session, VerifyReport, bench, verify
+    from onnxstitch.runtime.deploy import deploy_kserve, deploy_triton
