@@ -60,8 +60,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from onnxstitch import errors
-    from onnxstitch.compose import Link, chain, extract, merge, optimize, replace
-    from onnxstitch.compose import adapters
+    from onnxstitch.compose import Link, adapters, chain, extract, merge, optimize, replace
     from onnxstitch.converters import from_keras, from_torch
     from onnxstitch.files import load, save
     from onnxstitch.runtime import Session, VerifyReport, bench, verify

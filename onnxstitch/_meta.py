@@ -55,9 +55,7 @@ def del_prop(proto: onnx.ModelProto | onnx.NodeProto, key: str) -> None:
 
 def get_layouts(model: onnx.ModelProto) -> dict[str, str]:
     """Return ``{tensor_name: "NHWC" | "NCHW"}`` for the graph inputs/outputs with a known layout."""
-    return {
-        k[len(LAYOUT_PREFIX) :]: v for k, v in get_props(model).items() if k.startswith(LAYOUT_PREFIX)
-    }
+    return {k[len(LAYOUT_PREFIX) :]: v for k, v in get_props(model).items() if k.startswith(LAYOUT_PREFIX)}
 
 
 def set_layout(model: onnx.ModelProto, tensor: str, layout: str) -> None:

@@ -12,23 +12,23 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "StitchError",
+    "ConversionError",
+    "CycleError",
+    "DeployError",
+    "DeviceError",
+    "InputError",
+    "IntegrityError",
     "MissingDependencyError",
     "ModelFileError",
-    "UnsafeModelError",
-    "IntegrityError",
     "ModelTooLargeError",
-    "ConversionError",
+    "SeamError",
+    "ServeError",
+    "SpecError",
+    "StitchError",
+    "UnsafeModelError",
     "UnsupportedOpsError",
     "ValidationError",
-    "SpecError",
-    "CycleError",
-    "SeamError",
     "VersionError",
-    "InputError",
-    "DeviceError",
-    "DeployError",
-    "ServeError",
 ]
 
 

@@ -1,0 +1,24 @@
+"""Run, verify and benchmark ONNX models with onnxruntime; deploy and serve them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from onnxstitch._lazy import lazy_exports
+
+__all__ = ["Session", "VerifyReport", "bench", "verify"]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "Session": "session:Session",
+        "verify": "verify:verify",
+        "VerifyReport": "verify:VerifyReport",
+        "bench": "bench:bench",
+    },
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from onnxstitch.runtime.bench import bench
+    from onnxstitch.runtime.session import Session
+    from onnxstitch.runtime.verify import VerifyReport, verify
