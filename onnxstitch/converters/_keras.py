@@ -1,0 +1,292 @@
+"""Keras / TensorFlow → ONNX through tf2onnx's Python API, made strict, clean and checked.
+
+What :func:`from_keras` adds to ``tf2onnx.convert``:
+
+* the caller's model is never edited (tf2onnx's ``from_keras`` renames the model's outputs while it
+  runs): we trace our own ``tf.function`` that *calls* the model with ``training=False``;
+* tf2onnx's Python API carries on past ops it cannot convert and reports success; we refuse the
+  result, listing every unsupported op type and the nodes that use it;
+* inputs and outputs keep the Keras names (never ``Identity:0``); dim 0 of every input and output is
+  one symbol ``batch``; other dynamic dims get stable names (``<tensor>_dim<axis>``);
+* rank-4 image tensors get their layout recorded (channels_last → NHWC, channels_first → NCHW);
+* importing tf2onnx sets ``TF_CPP_MIN_LOG_LEVEL``; we put the caller's value back;
+* the result passes ``onnx.checker`` (full) and, by default, matches the native model at batch 1 and 7.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxstitch.converters import _common
+from onnxstitch.converters._keras_sources import (
+    KERAS_FILE_SUFFIXES,
+    Signature,
+    Traced,
+    load_keras_file,
+    safe_in,
+    safe_out,
+    trace,
+    trace_keras_model,
+    trace_saved_model,
+    trace_tf_function,
+)
+from onnxstitch.errors import (
+    ConversionError,
+    InputError,
+    ModelFileError,
+    StitchError,
+    UnsupportedOpsError,
+    VersionError,
+)
+
+__all__ = ["DEFAULT_OPSET", "MAX_OPSET", "from_keras"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+MAX_OPSET = 18  # tf2onnx 1.17 refuses anything newer; compose raises the opset at merge time
+MIN_OPSET = 9
+_ONNX_DOMAINS = ("", "ai.onnx", "ai.onnx.ml")
+_PURPOSE = "Converting a Keras/TensorFlow model"
+
+
+def from_keras(
+    model_or_path: Any,
+    *,
+    input_signature: Signature | None = None,
+    opset: int | None = None,
+    validate: bool = True,
+    rtol: float = _common.DEFAULT_RTOL,
+    atol: float = _common.DEFAULT_ATOL,
+    trusted: bool = False,
+    layouts: Mapping[str, str] | None = None,
+) -> onnx.ModelProto:
+    """Convert a Keras model, a Keras file, a SavedModel directory or a ``tf.function`` to ONNX.
+
+    Args:
+        model_or_path: a Keras 3 model (functional, Sequential, subclassed; built), a path to a
+            ``.keras`` / ``.h5`` file, a path to a SavedModel directory (its ``serving_default``
+            signature), or a ``tf.function`` / concrete function.
+        input_signature: the inputs, when the source does not say: a ``tf.TensorSpec`` or a
+            ``(shape, dtype)`` pair, or a list (positional) or dict (by name) of them. Required for a
+            ``tf.function`` without its own ``input_signature``. Spec names become input names.
+            Derived by default from ``model.inputs`` (functional, Sequential with an ``Input`` or
+            built with ``build(shape)``) or a subclassed model's build config (float32 inputs).
+        opset: ai.onnx opset of the result, between 9 and 18 (tf2onnx's limit); default 18.
+        validate: run the native model and the ONNX model on seeded random inputs at batch 1 and 7
+            and compare every output (``|onnx - native| <= atol + rtol * |native|``).
+        rtol: relative tolerance of the validation (fp32 default 1e-4).
+        atol: absolute tolerance of the validation (default 1e-5).
+        trusted: load a ``.keras`` / ``.h5`` file with Keras ``safe_mode`` **off**, which runs any
+            Python code stored in it (``Lambda`` layers). Only for files you produced yourself.
+            SavedModels hold TensorFlow graphs, not Python code, and need no flag.
+        layouts: ``{tensor: "NHWC" | "NCHW"}`` overrides/additions for rank-4 inputs/outputs. Keras
+            sources record channels_last → NHWC / channels_first → NCHW by themselves;
+            SavedModels and ``tf.function`` s record nothing unless told here.
+
+    Returns:
+        A new self-contained ``onnx.ModelProto``: clean input/output names, a shared ``batch`` dim 0,
+        metadata ``onnxstitch.source = "keras"`` (also for SavedModels and tf.functions) and layouts.
+
+    Raises:
+        MissingDependencyError: tensorflow, keras or tf2onnx is not installed (extra ``keras``).
+        UnsafeModelError: a Keras file would run stored Python code (``Lambda``) and ``trusted`` is off.
+        ModelFileError: a path that is no Keras file or SavedModel, or one that cannot be read.
+        InputError: an unsupported ``model_or_path`` type or an ``input_signature`` that does not fit.
+        VersionError: ``opset`` outside 9..18.
+        UnsupportedOpsError: TensorFlow ops tf2onnx cannot express in ONNX (all of them, with nodes).
+        ConversionError: tracing or conversion failed, or the result is not a valid ONNX model.
+        ValidationError: the ONNX model's outputs differ from the native model's (per-output table).
+    """
+    tf = _common.require("tensorflow", package="tensorflow", extra="keras", purpose=_PURPOSE)
+    _common.require("keras", package="keras", extra="keras", purpose=_PURPOSE)
+    target = _check_opset(opset)
+    traced = _resolve(model_or_path, input_signature, tf=tf, trusted=trusted)
+    trace(traced)
+    with _restored_env("TF_CPP_MIN_LOG_LEVEL"):
+        raw = _run_tf2onnx(traced, target)
+    model = _clean(raw, traced, layouts)
+    if validate:
+        _common.validate(model, traced.reference, what=traced.what, rtol=rtol, atol=atol)
+    logger.info("converted %s: inputs %s, outputs %s", traced.what, traced.input_names, traced.output_names)
+    return model
+
+
+def _check_opset(opset: int | None) -> int:
+    if opset is None:
+        return DEFAULT_OPSET
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise VersionError(
+            f"from_keras: opset {opset!r} is not supported; tf2onnx converts to opsets "
+            f"{MIN_OPSET}..{MAX_OPSET}",
+            hint=f"pass opset={MAX_OPSET} (or leave it unset); merge/compose raise the opset later",
+        )
+    return opset
+
+
+def _resolve(source: Any, signature: Signature | None, *, tf: Any, trusted: bool) -> Traced:
+    """Dispatch on the kind of source; load files."""
+    import keras
+
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if path.is_dir():
+            if not any((path / n).is_file() for n in ("saved_model.pb", "saved_model.pbtxt")):
+                raise ModelFileError(
+                    f"{str(path)!r} is a directory but not a SavedModel (no saved_model.pb)",
+                    hint="pass a SavedModel directory, a .keras/.h5 file, or a model object",
+                )
+            return trace_saved_model(path, signature, tf)
+        if not path.is_file():
+            raise ModelFileError(f"{str(path)!r} does not exist")
+        if path.suffix.lower() not in KERAS_FILE_SUFFIXES:
+            raise ModelFileError(
+                f"{str(path)!r} is not a Keras model file (expected {', '.join(KERAS_FILE_SUFFIXES)})",
+                hint="ONNX files need no conversion: use onnxstitch.load(path)",
+            )
+        return trace_keras_model(load_keras_file(path, trusted=trusted), signature, tf)
+    if isinstance(source, keras.Model):
+        return trace_keras_model(source, signature, tf)
+    if isinstance(source, tf.types.experimental.ConcreteFunction):
+        if signature is None:
+            signature = [s for s in tf.nest.flatten(source.structured_input_signature)]
+        return trace_tf_function(source, signature, tf)
+    if isinstance(source, tf.types.experimental.PolymorphicFunction):
+        return trace_tf_function(source, signature, tf)
+    raise InputError(
+        f"from_keras cannot convert a {type(source).__module__}.{type(source).__name__}",
+        hint="pass a keras.Model, a .keras/.h5 path, a SavedModel directory or a tf.function",
+    )
+
+
+@contextmanager
+def _restored_env(name: str) -> Iterator[None]:
+    """Put environment variable ``name`` back as it was (tf2onnx sets TF_CPP_MIN_LOG_LEVEL=3)."""
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _run_tf2onnx(traced: Traced, opset: int) -> onnx.ModelProto:
+    convert = _common.require("tf2onnx.convert", package="tf2onnx", extra="keras", purpose=_PURPOSE)
+    try:
+        proto, _ = convert.from_function(traced.function, input_signature=traced.specs, opset=opset)
+    except StitchError:
+        raise
+    except Exception as exc:
+        raise ConversionError(
+            f"{traced.what}: tf2onnx failed: {type(exc).__name__}: {exc}",
+            hint="try another opset, or simplify the model's unusual ops",
+        ) from exc
+    if not isinstance(proto, onnx.ModelProto):
+        raise ConversionError(f"{traced.what}: tf2onnx returned no model")
+    return proto
+
+
+def unsupported_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """``{op_type: [node names]}`` of nodes (also in subgraphs) that are not standard ONNX ops.
+
+    A node is standard when its domain is ai.onnx or ai.onnx.ml and the op exists at the model's
+    opset of that domain. tf2onnx leaves an op it cannot convert as a node of the TF op type.
+    """
+    opsets = {o.domain or "": o.version for o in model.opset_import}
+    found: dict[str, list[str]] = defaultdict(list)
+    for graph in _common._graphs(model.graph):
+        for node in graph.node:
+            domain = "" if node.domain == "ai.onnx" else node.domain
+            if not _is_standard(node.op_type, domain, opsets.get(domain)):
+                label = f"{node.domain}::{node.op_type}" if node.domain else node.op_type
+                found[label].append(node.name or "<unnamed>")
+    return dict(found)
+
+
+def _is_standard(op_type: str, domain: str, version: int | None) -> bool:
+    if domain not in _ONNX_DOMAINS or version is None:
+        return False
+    try:
+        onnx.defs.get_schema(op_type, max_inclusive_version=version, domain=domain)
+    except onnx.defs.SchemaError:
+        return False
+    return True
+
+
+def _clean(raw: onnx.ModelProto, traced: Traced, layouts: Mapping[str, str] | None) -> onnx.ModelProto:
+    """Refuse unsupported ops; names, dims, metadata; full check. ``raw`` is ours to edit."""
+    bad = unsupported_ops(raw)
+    if bad:
+        listing = "; ".join(f"{op} (nodes: {', '.join(nodes)})" for op, nodes in sorted(bad.items()))
+        raise UnsupportedOpsError(
+            f"{traced.what}: tf2onnx could not convert {sum(map(len, bad.values()))} node(s) of "
+            f"{len(bad)} TensorFlow op type(s) to ONNX: {listing}",
+            ops=bad,
+            hint="move these ops out of the model (e.g. file/string handling into preprocessing) or "
+            "replace them with ops ONNX supports",
+        )
+    _rename_ends(raw, traced)
+    _common.unify_batch_dim(raw)
+    _stable_dims(raw)
+    _common.set_producer(raw, "keras")
+    _common.record_layouts(raw, _layouts_for(raw, traced, layouts))
+    return _common.finalize(raw, what=traced.what)
+
+
+def _rename_ends(model: onnx.ModelProto, traced: Traced) -> None:
+    """``in_000``/``out_000`` → the Keras names; output order as in the model."""
+    mapping = {safe_in(i): n for i, n in enumerate(traced.input_names)}
+    mapping.update({safe_out(i): n for i, n in enumerate(traced.output_names)})
+    present = {v.name for v in model.graph.input} | {v.name for v in model.graph.output}
+    missing = sorted(k for k in mapping if k not in present)
+    if missing:
+        raise ConversionError(f"{traced.what}: tf2onnx's result lacks the tensors {missing}")
+    taken = _common._all_names(model) - set(mapping)
+    clashes = {n: f"{n}__internal" for n in set(mapping.values()) & taken}
+    _common.rename_tensors(model, clashes)
+    _common.rename_tensors(model, mapping)
+    order = {n: i for i, n in enumerate(traced.output_names)}
+    outputs = sorted(model.graph.output, key=lambda v: order.get(v.name, len(order)))
+    kept = [onnx.ValueInfoProto.FromString(v.SerializeToString()) for v in outputs]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+
+
+def _stable_dims(model: onnx.ModelProto) -> None:
+    """tf2onnx's ``unk__N`` / unknown dims (other than the batch) → ``<tensor>_dim<axis>``."""
+    mapping: dict[str, str] = {}
+    inits = {i.name for i in model.graph.initializer}
+    ends = [v for v in model.graph.input if v.name not in inits] + list(model.graph.output)
+    for value in ends:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value"):
+                continue
+            param = dim.dim_param
+            if not param:
+                dim.dim_param = f"{value.name}_dim{axis}"
+            elif param.startswith("unk__") and param not in mapping:
+                mapping[param] = f"{value.name}_dim{axis}"
+    _common.rename_dims(model, mapping)
+
+
+def _layouts_for(model: onnx.ModelProto, traced: Traced, given: Mapping[str, str] | None) -> dict[str, str]:
+    """Layouts to record: the source's default for every rank-4 end, then the user's overrides."""
+    out: dict[str, str] = {}
+    default = traced.layouts.get("*")
+    if default:
+        for value in [*model.graph.input, *model.graph.output]:
+            if len(value.type.tensor_type.shape.dim) == 4:
+                out[value.name] = default
+    out.update({k: v for k, v in traced.layouts.items() if k != "*"})
+    out.update(dict(given or {}))
+    return out
