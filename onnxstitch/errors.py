@@ -143,3 +143,10 @@ class DeployError(StitchError):
 
 class ServeError(StitchError):
     """The inference server could not be started or configured."""
+
+
+class RunTimeoutError(StitchError):
+    """A model run was cancelled: its ``timeout`` passed or ``Session.terminate()`` was called."""
+
+
+__all__ += ["RunTimeoutError"]
