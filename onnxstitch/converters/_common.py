@@ -1,0 +1,399 @@
+"""Plumbing shared by the converters (torch, Keras/TensorFlow): names, symbolic dims, metadata, checks.
+
+Every function that edits a model edits it **in place** and returns it, and is meant for a model the
+converter itself just produced (never a model a user handed in: copy that first). Signatures:
+
+Imports:
+    ``require(module, *, package, extra, purpose) -> ModuleType``
+        import an optional dependency or raise :class:`MissingDependencyError`.
+
+Reading shapes:
+    ``value_dims(value) -> list[int | str | None]``  dims of a ``ValueInfoProto`` (int, symbol or None).
+    ``batch_sizes_for(model, default=(1, 7)) -> tuple[int, ...]``  batch sizes a model can be checked
+        at: ``default`` when dim 0 of every input is symbolic, else the static dim 0.
+
+Names:
+    ``clean_name(name) -> str``  strip a TensorFlow port suffix (``"dense:0"`` -> ``"dense"``).
+    ``rename_tensors(model, mapping) -> model``  rename tensors everywhere (nodes, subgraphs, graph
+        inputs/outputs, initializers, value_info); refuses a rename onto an existing name.
+
+Symbolic dims:
+    ``rename_dims(model, mapping) -> model``  rename symbols (also inside expressions like ``2*s0``)
+        in graph inputs, outputs and value_info.
+    ``unify_batch_dim(model, symbol="batch") -> model``  dim 0 of every graph input that is dynamic
+        becomes ``symbol`` (the old symbols are renamed everywhere); dim 0 of an output that is
+        dynamic and not already a symbol of some input's other axes becomes ``symbol`` too.
+
+Metadata:
+    ``set_producer(model, source) -> model``  ``onnxstitch.source`` = source, producer name/version.
+    ``record_layouts(model, layouts) -> model``  ``onnxstitch.layout.<tensor>`` for rank-4 graph
+        inputs/outputs; raises :class:`ConversionError` for unknown tensors, bad layouts, rank != 4.
+
+Versions:
+    ``max_runtime_opset() -> int``  highest ai.onnx opset the installed onnxruntime implements.
+    ``check_opset(opset, *, what) -> int | None``  ``None`` passes; else must be in [7, max_runtime_opset()].
+
+Checks:
+    ``finalize(model, *, what) -> ModelProto``  ``onnx.checker`` (full) + strict shape inference; returns
+        the inferred model (a new object). Raises :class:`ConversionError` naming ``what``.
+    ``validate(model, reference, *, what, batch_sizes=None, rtol=1e-4, atol=1e-5, feeds=None)``
+        ``onnxstitch.runtime.verify.verify``; raises ValidationError (with the report) on mismatch.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import onnx
+
+from onnxstitch import _meta
+from onnxstitch.errors import (
+    ConversionError,
+    MissingDependencyError,
+    StitchError,
+    ValidationError,
+    VersionError,
+)
+
+__all__ = [
+    "DEFAULT_ATOL",
+    "DEFAULT_BATCH_SIZES",
+    "DEFAULT_RTOL",
+    "batch_sizes_for",
+    "check_opset",
+    "clean_name",
+    "finalize",
+    "max_runtime_opset",
+    "record_layouts",
+    "rename_dims",
+    "rename_tensors",
+    "require",
+    "set_producer",
+    "unify_batch_dim",
+    "validate",
+    "value_dims",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RTOL = 1e-4
+DEFAULT_ATOL = 1e-5
+DEFAULT_BATCH_SIZES = (1, 7)
+_PROTOBUF_LIMIT = 2**31 - 1
+_SYMBOL_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+# --------------------------------------------------------------------------------------- imports
+def require(module: str, *, package: str, extra: str, purpose: str) -> ModuleType:
+    """Import an optional dependency.
+
+    Raises:
+        MissingDependencyError: ``module`` is not installed (names ``package`` and the extra).
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(package, extra=extra, purpose=purpose) from exc
+
+
+# -------------------------------------------------------------------------------------- reading
+def value_dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    """Dims of a tensor ``ValueInfoProto``: an int (static), a str (symbol) or ``None`` (unknown)."""
+    out: list[int | str | None] = []
+    for d in value.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            out.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return out
+
+
+def _graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {i.name for i in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in inits]
+
+
+def batch_sizes_for(model: onnx.ModelProto, default: Sequence[int] = DEFAULT_BATCH_SIZES) -> tuple[int, ...]:
+    """Batch sizes ``model`` can be checked at: ``default`` if dim 0 of every input is dynamic.
+
+    If some input has a static dim 0, that size is the only one a check can use.
+    """
+    static = set()
+    for v in _graph_inputs(model):
+        dims = value_dims(v)
+        if dims and isinstance(dims[0], int):
+            static.add(dims[0])
+    if not static:
+        return tuple(default)
+    return (min(static),)
+
+
+# ---------------------------------------------------------------------------------------- names
+def clean_name(name: str) -> str:
+    """Strip a TensorFlow port suffix: ``"dense:0"`` -> ``"dense"`` (``"x:1"`` stays, it is a port)."""
+    return name[:-2] if name.endswith(":0") else name
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _graphs(g)
+
+
+def rename_tensors(model: onnx.ModelProto, mapping: Mapping[str, str]) -> onnx.ModelProto:
+    """Rename tensors everywhere in ``model`` (in place) and return it.
+
+    Raises:
+        ConversionError: a new name is already used by a tensor that is not being renamed.
+    """
+    mapping = {k: v for k, v in mapping.items() if k != v}
+    if not mapping:
+        return model
+    used = _all_names(model)
+    clashes = sorted(v for v in set(mapping.values()) if v in used and v not in mapping)
+    if clashes or len(set(mapping.values())) != len(mapping):
+        raise ConversionError(
+            f"cannot rename tensors {dict(mapping)}: the names {clashes or 'given'} are already taken",
+            hint="choose input/output names that do not collide with each other or internal tensors",
+        )
+    for g in _graphs(model.graph):
+        for node in g.node:
+            for i, name in enumerate(node.input):
+                node.input[i] = mapping.get(name, name)
+            for i, name in enumerate(node.output):
+                node.output[i] = mapping.get(name, name)
+        for seq in (g.input, g.output, g.value_info, g.initializer):
+            for item in seq:
+                item.name = mapping.get(item.name, item.name)
+    return model
+
+
+def _all_names(model: onnx.ModelProto) -> set[str]:
+    names: set[str] = set()
+    for g in _graphs(model.graph):
+        for node in g.node:
+            names.update(node.input)
+            names.update(node.output)
+        for seq in (g.input, g.output, g.value_info, g.initializer):
+            names.update(item.name for item in seq)
+    names.discard("")
+    return names
+
+
+# --------------------------------------------------------------------------------- symbolic dims
+def _typed_values(model: onnx.ModelProto) -> Iterable[onnx.ValueInfoProto]:
+    g = model.graph
+    yield from g.input
+    yield from g.output
+    yield from g.value_info
+
+
+def rename_dims(model: onnx.ModelProto, mapping: Mapping[str, str]) -> onnx.ModelProto:
+    """Rename symbolic dims (in place), also inside expressions such as ``2*s0``; return ``model``."""
+    if not mapping:
+        return model
+
+    def sub(param: str) -> str:
+        if param in mapping:
+            return mapping[param]
+        return _SYMBOL_TOKEN.sub(lambda m: mapping.get(m.group(0), m.group(0)), param)
+
+    for v in _typed_values(model):
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param:
+                d.dim_param = sub(d.dim_param)
+    return model
+
+
+def _set_symbol(dim: onnx.TensorShapeProto.Dimension, symbol: str) -> None:
+    dim.ClearField("dim_value")
+    dim.dim_param = symbol
+
+
+def unify_batch_dim(model: onnx.ModelProto, symbol: str = "batch") -> onnx.ModelProto:
+    """Give dim 0 of every dynamic graph input and output one symbol (in place); return ``model``.
+
+    Inputs: a dynamic dim 0 (a symbol or unknown) becomes ``symbol``; each old symbol is renamed
+    to ``symbol`` everywhere (inputs, outputs, value_info, inside expressions), so an output that
+    the exporter already tied to the input follows. Outputs: a dim 0 that is still unknown, or a
+    symbol no input uses (tf2onnx's unlinked ``unk__19``), becomes ``symbol``; a dim 0 that is a
+    symbol of another input axis (e.g. ``seq``) is left alone, and a static dim 0 is never touched.
+    """
+    inputs = _graph_inputs(model)
+    old: dict[str, str] = {}
+    for v in inputs:
+        dims = v.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            if dims[0].dim_param and dims[0].dim_param != symbol:
+                old[dims[0].dim_param] = symbol
+            _set_symbol(dims[0], symbol)
+    rename_dims(model, old)
+    input_symbols = {d for v in inputs for d in value_dims(v) if isinstance(d, str)}
+    if not any(isinstance(value_dims(v)[0], str) for v in inputs if value_dims(v)):
+        return model  # no input has a dynamic batch: outputs have nothing to be tied to
+    for v in model.graph.output:
+        dims = v.type.tensor_type.shape.dim
+        if not dims or dims[0].HasField("dim_value"):
+            continue
+        param = dims[0].dim_param
+        if not param or param not in input_symbols:
+            if param:
+                rename_dims(model, {param: symbol})
+            _set_symbol(dims[0], symbol)
+    return model
+
+
+# -------------------------------------------------------------------------------------- metadata
+def set_producer(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
+    """Record the source framework (``onnxstitch.source``) and onnxstitch as producer; return ``model``."""
+    from onnxstitch import __version__
+
+    exporter = f"{model.producer_name} {model.producer_version}".strip()
+    model.producer_name = "onnxstitch"
+    model.producer_version = __version__
+    if exporter and not model.doc_string:
+        model.doc_string = f"converted from {source} (exporter: {exporter})"
+    _meta.set_prop(model, _meta.SOURCE, source)
+    return model
+
+
+def record_layouts(model: onnx.ModelProto, layouts: Mapping[str, str]) -> onnx.ModelProto:
+    """Record ``{tensor: "NHWC" | "NCHW"}`` for rank-4 graph inputs/outputs (in place); return ``model``.
+
+    Raises:
+        ConversionError: every problem at once: a tensor that is no graph input/output, a layout
+            that is not NHWC/NCHW, a tensor that is not rank 4.
+    """
+    ends = {v.name: v for v in [*_graph_inputs(model), *model.graph.output]}
+    problems = []
+    for name, layout in layouts.items():
+        if name not in ends:
+            problems.append(f"{name!r} is not a graph input or output (those are: {sorted(ends)})")
+        elif layout not in _meta.LAYOUTS:
+            problems.append(f"{name!r}: layout {layout!r} is not one of {list(_meta.LAYOUTS)}")
+        elif len(value_dims(ends[name])) != 4:
+            problems.append(f"{name!r} has rank {len(value_dims(ends[name]))}, a layout needs rank 4")
+    if problems:
+        raise ConversionError(
+            "cannot record layouts: " + "; ".join(problems),
+            hint="layouts={'tensor': 'NHWC' | 'NCHW'} for rank-4 inputs/outputs of the converted model",
+        )
+    for name, layout in layouts.items():
+        _meta.set_layout(model, name, layout)
+    return model
+
+
+# -------------------------------------------------------------------------------------- versions
+@functools.cache
+def max_runtime_opset() -> int:
+    """The highest ai.onnx opset the installed onnxruntime implements (its newest op schema)."""
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+
+        schemas = ort_c.get_all_operator_schema()
+        return max(s.since_version for s in schemas if s.domain in ("", "ai.onnx"))
+    except (ImportError, AttributeError, ValueError):  # pragma: no cover - unusual builds
+        return min(onnx.defs.onnx_opset_version(), 21)
+
+
+def check_opset(opset: int | None, *, what: str) -> int | None:
+    """Pass ``None`` through; check an explicit opset against onnxruntime.
+
+    Raises:
+        VersionError: ``opset`` is below 7 or above what the installed onnxruntime runs.
+    """
+    if opset is None:
+        return None
+    top = max_runtime_opset()
+    if not isinstance(opset, int) or isinstance(opset, bool) or not 7 <= opset <= top:
+        raise VersionError(
+            f"{what}: opset {opset!r} is not one the installed onnxruntime can run",
+            hint=f"pass an opset between 7 and {top}, or leave it unset for the exporter's default",
+        )
+    return opset
+
+
+# ---------------------------------------------------------------------------------------- checks
+def finalize(model: onnx.ModelProto, *, what: str) -> onnx.ModelProto:
+    """Run the full ``onnx.checker`` and strict shape inference; return the inferred (new) model.
+
+    Models past protobuf's 2 GB limit are checked through a temporary file with external data.
+
+    Raises:
+        ConversionError: the model is invalid (names ``what`` and the checker's reason).
+    """
+    try:
+        if model.ByteSize() < _PROTOBUF_LIMIT:
+            onnx.checker.check_model(model, full_check=True)
+            return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        with tempfile.TemporaryDirectory(prefix="onnxstitch-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
+            onnx.checker.check_model(str(path), full_check=True)
+            onnx.shape_inference.infer_shapes_path(str(path), check_type=True, strict_mode=True)
+            return onnx.load(str(path))
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ConversionError(
+            f"{what}: the exported ONNX model is invalid: {exc}",
+            hint="report the model to the exporter's project, or try another opset",
+        ) from exc
+
+
+def validate(
+    model: onnx.ModelProto,
+    reference: Callable[..., Any],
+    *,
+    what: str,
+    batch_sizes: Sequence[int] | None = None,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    feeds: Any = None,
+) -> Any:
+    """Compare ``model`` with ``reference`` on seeded random inputs; raise on any mismatch.
+
+    ``batch_sizes`` defaults to :func:`batch_sizes_for`. ``reference`` is called with the model's
+    inputs as positional numpy arrays, in graph-input order (see ``onnxstitch.runtime.verify``).
+
+    Returns:
+        The passing ``VerifyReport``.
+
+    Raises:
+        ValidationError: some output differs beyond ``rtol``/``atol`` (carries the per-output table).
+        StitchError: the reference or the ONNX model could not run (message names ``what``).
+    """
+    from onnxstitch.runtime.verify import verify
+
+    sizes = tuple(batch_sizes) if batch_sizes is not None else batch_sizes_for(model)
+    logger.info("validating %s at batch sizes %s (rtol=%g, atol=%g)", what, sizes, rtol, atol)
+    try:
+        report = verify(model, reference, feeds, rtol=rtol, atol=atol, batch_sizes=sizes)
+    except StitchError:
+        raise
+    except Exception as exc:
+        raise ConversionError(
+            f"{what}: validation could not run: {type(exc).__name__}: {exc}",
+            hint="pass validate=False to skip the parity check, then check the model by hand",
+        ) from exc
+    if not report:
+        raise ValidationError(
+            f"{what}: the converted ONNX model does not compute what the native model computes:\n{report}",
+            report=report,
+            hint="a deterministic model should match within the tolerances; random ops or train-mode "
+            "layers cannot (pass validate=False for those); loosen rtol/atol only for numerical noise",
+        )
+    return report
