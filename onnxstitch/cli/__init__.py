@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from onnxstitch.cli._common import err_console
@@ -37,7 +38,7 @@ class _StitchGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except StitchError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
             raise typer.Exit(code=1) from None
 
 
