@@ -1,0 +1,159 @@
+"""``load``: sniff, (verify), parse, check versions and structure, contain external data, check."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from pathlib import Path
+
+import onnx
+
+from onnxstitch.errors import IntegrityError, ModelFileError, ModelTooLargeError
+from onnxstitch.files import manifest as _manifest
+from onnxstitch.files._limits import PROTOBUF_LIMIT, check_versions
+from onnxstitch.files.external import ExternalRef, check_external_data, load_external_data
+from onnxstitch.files.sniff import HEAD_BYTES, describe_bytes, describe_text, looks_like_text
+
+__all__ = ["external_refs", "load_model"]
+
+logger = logging.getLogger(__name__)
+
+
+def _stat_model(path: Path) -> os.stat_result:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ModelFileError(f"model file {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model file {str(path)!r}: {exc}") from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise ModelFileError(
+            f"{str(path)!r} is a folder, not an ONNX model file",
+            hint="name the .onnx file inside it (a Keras SavedModel folder converts with from_keras)",
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelFileError(f"{str(path)!r} is not a regular file (device, fifo or socket)")
+    if st.st_size >= PROTOBUF_LIMIT:
+        raise ModelTooLargeError(
+            f"{path.name} is {st.st_size / 1e9:.2f} GB, past protobuf's 2 GB limit for one ONNX file",
+            hint=(
+                "an ONNX model this big must keep its weights in external data: save it with "
+                "onnxstitch.save(model, path, external_data=True) "
+                "(or onnx.save(..., save_as_external_data=True))"
+            ),
+        )
+    return st
+
+
+def _read(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ModelFileError(f"cannot read model file {str(path)!r}: {exc}") from exc
+
+
+def _parse(data: bytes, name: str) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as exc:
+        head = data[:HEAD_BYTES]
+        if looks_like_text(head):
+            raise ModelFileError(f"{name} is {describe_text(head)}") from exc
+        raise ModelFileError(
+            f"{name} is not a valid ONNX model: the protobuf is truncated or corrupt "
+            f"({len(data)} bytes; {exc})",
+            hint="download or export the model again",
+        ) from exc
+    return model
+
+
+def _check_structure(model: onnx.ModelProto, name: str, head: bytes) -> None:
+    graph = model.graph if model.HasField("graph") else None
+    if graph is None or (not graph.node and not graph.output):
+        what = (
+            describe_text(head)
+            if looks_like_text(head)
+            else "not an ONNX model (truncated, or some other file whose bytes happen to parse as protobuf)"
+        )
+        raise ModelFileError(
+            f"{name} has no graph{'' if graph is None else ' nodes or outputs'}: it is {what}",
+            hint="download or export the model again",
+        )
+
+
+def _check_model(model: onnx.ModelProto, name: str) -> None:
+    try:
+        size = model.ByteSize()
+    except Exception:
+        size = PROTOBUF_LIMIT
+    if size >= PROTOBUF_LIMIT:
+        logger.info(
+            "%s: %d bytes in memory, past what onnx.checker takes; structure checks skipped", name, size
+        )
+        return
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(
+            f"{name} is not a valid ONNX model: {first}",
+            hint="re-export the model; `python -m onnx.checker` style errors name the node at fault",
+        ) from exc
+
+
+def _verify_model_bytes(manifest: dict[str, str], path: Path, data: bytes) -> None:
+    expected = manifest.get(path.name)
+    target = _manifest.manifest_path(path).name
+    if expected is None:
+        raise IntegrityError(f"{path.name} is not listed in its manifest {target}")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise IntegrityError(
+            f"{path.name} changed since the manifest {target} was written (sha256 {actual[:16]}…, "
+            f"expected {expected[:16]}…); refusing to load it",
+            hint="restore the original file, or re-download the model from a source you trust",
+        )
+
+
+def _read_header(path: Path, *, verify: bool) -> tuple[onnx.ModelProto, dict[str, str] | None]:
+    """Everything up to (not including) external data: stat, verify, sniff, parse, versions."""
+    _stat_model(path)
+    name = path.name
+    manifest = _manifest.read_manifest(path) if verify else None
+    data = _read(path)
+    if manifest is not None:
+        _verify_model_bytes(manifest, path, data)
+    description = describe_bytes(data[:HEAD_BYTES])
+    if description is not None:
+        raise ModelFileError(f"{name} is {description}")
+    model = _parse(data, name)
+    _check_structure(model, name, data[:HEAD_BYTES])
+    check_versions(model, name=name)
+    return model, manifest
+
+
+def external_refs(path: Path) -> tuple[onnx.ModelProto, list[ExternalRef]]:
+    """Parse ``path`` without its external data and validate every external reference.
+
+    Raises:
+        ModelFileError, UnsafeModelError, VersionError, ModelTooLargeError: as :func:`load_model`.
+    """
+    model, _ = _read_header(path, verify=False)
+    return model, check_external_data(model, path.parent)
+
+
+def load_model(path: Path, *, verify: bool) -> onnx.ModelProto:
+    """The body of :func:`onnxstitch.files.load`."""
+    model, manifest = _read_header(path, verify=verify)
+    refs = check_external_data(model, path.parent)
+    if manifest is not None:
+        root = path.parent.resolve()
+        for rel in sorted({ref.path.relative_to(root).as_posix() for ref in refs}):
+            _manifest.verify_file(manifest, path, rel)
+    load_external_data(model, refs)
+    _check_model(model, path.name)
+    return model
