@@ -1,0 +1,336 @@
+"""Building the merged graph from checked parts: scoping, seams, adapters, weights, functions, provenance.
+
+Every name inside part ``key`` becomes ``"key/name"`` (nodes, initializers, value_info, internal
+tensors, subgraph tensors); the merged model's inputs and outputs keep the clean names of the plan.
+A link's consumer reads the producer's tensor directly; an adapter writes the consumer's own scoped
+input name. Identical initializers (same dtype, dims and bytes) are stored once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import onnx.helper
+
+from onnxstitch import _meta
+from onnxstitch.compose._seams import Adapter, DimUnifier, dim_node
+from onnxstitch.compose._spec import Plan, graph_inputs
+from onnxstitch.compose._versions import Part
+from onnxstitch.compose._weights import inline_copy, is_external, read_external
+
+log = logging.getLogger(__name__)
+
+ADAPTER_SUFFIX = ".adapter"
+
+
+@dataclass
+class _Weights:
+    """Initializers of the merged graph, deduplicated by (dtype, dims, bytes)."""
+
+    graph: onnx.GraphProto
+    buckets: dict[tuple[int, tuple[int, ...]], list[tuple[int, bytes | None]]] = field(default_factory=dict)
+    shared: int = 0
+
+    def add(
+        self, tensor: onnx.TensorProto, name: str, key: str, folder: Path | None, *, dedupe: bool = True
+    ) -> str:
+        """Store ``tensor`` as ``name`` unless an identical one is stored; return the stored name.
+
+        External data is read from the part's own ``folder`` and stored inline.
+        """
+        data = read_external(key, tensor, folder) if is_external(tensor) else None
+        bucket = self.buckets.setdefault((tensor.data_type, tuple(tensor.dims)), [])
+        digest: bytes | None = None
+        if bucket and dedupe:
+            digest = hashlib.sha256(data).digest() if data is not None else _digest(tensor)
+            for i, (index, other) in enumerate(bucket):
+                if other is None:
+                    other = _digest(self.graph.initializer[index])
+                    bucket[i] = (index, other)
+                if other == digest:
+                    self.shared += 1
+                    return str(self.graph.initializer[index].name)
+        stored = self.graph.initializer.add()
+        if data is not None:
+            inline_copy(tensor, data, name, stored)
+        else:
+            stored.CopyFrom(tensor)
+            stored.name = name
+        bucket.append((len(self.graph.initializer) - 1, digest))
+        return name
+
+
+def _digest(tensor: onnx.TensorProto) -> bytes:
+    if tensor.HasField("raw_data"):
+        return hashlib.sha256(tensor.raw_data).digest()
+    bare = onnx.TensorProto()
+    bare.CopyFrom(tensor)
+    bare.ClearField("name")
+    bare.ClearField("doc_string")
+    return hashlib.sha256(bare.SerializeToString(deterministic=True)).digest()
+
+
+def _renamer(key: str, overrides: Mapping[str, str]) -> Callable[[str], str]:
+    def rename(name: str) -> str:
+        if not name:
+            return name
+        return overrides.get(name) or f"{key}/{name}"
+
+    return rename
+
+
+def _rename_graph(
+    graph: onnx.GraphProto, rename: Callable[[str], str], funcs: Mapping[tuple[str, str], str]
+) -> None:
+    """Rename every tensor of a subgraph in place (it is a copy we own)."""
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        vi.name = rename(vi.name)
+    for tensor in graph.initializer:
+        tensor.name = rename(tensor.name)
+    for node in graph.node:
+        _rename_node(node, rename, funcs)
+
+
+def _rename_node(
+    node: onnx.NodeProto, rename: Callable[[str], str], funcs: Mapping[tuple[str, str], str]
+) -> None:
+    node.input[:] = [rename(n) for n in node.input]
+    node.output[:] = [rename(n) for n in node.output]
+    node.op_type = funcs.get((node.domain, node.op_type), node.op_type)
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            _rename_graph(attr.g, rename, funcs)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            for sub in attr.graphs:
+                _rename_graph(sub, rename, funcs)
+
+
+class GraphBuilder:
+    """Builds the merged ModelProto from parts in topological order."""
+
+    def __init__(
+        self,
+        parts: Mapping[str, Part],
+        plan: Plan,
+        adapters: Mapping[tuple[str, str], Adapter],
+        dims: DimUnifier,
+        ir_version: int,
+        targets: Mapping[str, int],
+    ) -> None:
+        self.parts, self.plan, self.adapters, self.dims = parts, plan, adapters, dims
+        self.model = onnx.ModelProto(ir_version=ir_version, producer_name="onnxstitch")
+        self.model.graph.name = "+".join(plan.order)
+        for domain, version in sorted(targets.items()):
+            self.model.opset_import.append(onnx.helper.make_opsetid(domain, version))
+        self.weights = _Weights(self.model.graph)
+        self.renames: dict[str, Callable[[str], str]] = {}
+        self.funcs: dict[str, dict[tuple[str, str], str]] = {}
+        self.fed_by_link = {(ln.dst_part, ln.dst_tensor): ln for ln in plan.links}
+        self.out_names = {end: name for name, end in plan.merged_outputs.items()}
+        self.value_info_done: set[str] = set()
+
+    def build(self, keys_in_order: Sequence[str]) -> onnx.ModelProto:
+        self._functions()
+        interface = set(self.plan.merged_inputs) | set(self.plan.merged_outputs)
+        for key in self.plan.order:
+            self._part(key, interface)
+        self._interface()
+        self._metadata(keys_in_order)
+        return self.model
+
+    # -- functions -----------------------------------------------------------------------------------
+    def _functions(self) -> None:
+        """Copy model-local functions; identical ones are kept once, differing ones renamed ``key/name``."""
+        seen: dict[tuple[str, str, str], bytes] = {}
+        for key in self.plan.order:
+            mapping: dict[tuple[str, str], str] = {}
+            for func in self.parts[key].model.functions:
+                ident = (func.domain, func.name, func.overload)
+                body = func.SerializeToString(deterministic=True)
+                if seen.get(ident) == body:
+                    continue
+                copy = onnx.FunctionProto()
+                copy.CopyFrom(func)
+                if ident in seen:
+                    copy.name = f"{key}/{func.name}"
+                    mapping[(func.domain, func.name)] = copy.name
+                seen[(copy.domain, copy.name, copy.overload)] = body
+                self.model.functions.append(copy)
+            self.funcs[key] = mapping
+        for key, mapping in self.funcs.items():
+            if not mapping:
+                continue
+            for func in self.model.functions:
+                if func.name.startswith(f"{key}/"):
+                    for node in func.node:
+                        node.op_type = mapping.get((node.domain, node.op_type), node.op_type)
+        domains = {e.domain for e in self.model.opset_import}
+        for func in self.model.functions:
+            if func.domain not in domains:
+                self.model.opset_import.append(onnx.helper.make_opsetid(func.domain, 1))
+                domains.add(func.domain)
+
+    # -- one part ------------------------------------------------------------------------------------
+    def _overrides(self, key: str) -> dict[str, str]:
+        """Tensor names of part ``key`` that do not get the default ``key/name``."""
+        overrides: dict[str, str] = {}
+        part_inputs = [vi.name for vi in graph_inputs(self.parts[key].model)]
+        for name in part_inputs:
+            end = (key, name)
+            if end in self.plan.feeds:
+                overrides[name] = self.plan.feeds[end]
+            elif end in self.fed_by_link and end not in self.adapters:
+                link = self.fed_by_link[end]
+                overrides[name] = self.renames[link.src_part](link.src_tensor)
+        for vi in self.parts[key].model.graph.output:
+            merged = self.out_names.get((key, vi.name))
+            if merged is not None and vi.name not in overrides:
+                overrides[vi.name] = merged
+        return overrides
+
+    def _part(self, key: str, interface: set[str]) -> None:
+        part = self.parts[key]
+        overrides = self._overrides(key)
+        base = _renamer(key, overrides)
+        for tensor in [*part.model.graph.initializer, *part.weights]:
+            if tensor.name in overrides:  # an initializer that is also a merged output
+                self.weights.add(tensor, overrides[tensor.name], key, part.base_dir, dedupe=False)
+                continue
+            stored = self.weights.add(tensor, f"{key}/{tensor.name}", key, part.base_dir)
+            if stored != f"{key}/{tensor.name}":
+                overrides[tensor.name] = stored
+        self.renames[key] = base
+        clash = {f"{key}/{n}" for n in _all_names(part.model)} & interface
+        if clash:
+            from onnxstitch.errors import SpecError
+
+            raise SpecError(
+                f"merged name(s) {sorted(clash)} collide with the scoped names of part {key!r}",
+                hint="pick other names in inputs=/outputs=",
+            )
+        for name in [vi.name for vi in graph_inputs(part.model)]:
+            if (key, name) in self.adapters:
+                self._adapter(key, name, self.adapters[(key, name)])
+        funcs = {k: v for k, v in self.funcs[key].items()}
+        for i, node in enumerate(part.model.graph.node):
+            copy = self.model.graph.node.add()
+            copy.CopyFrom(node)
+            _rename_node(copy, base, funcs)
+            copy.name = f"{key}/{node.name or f'{node.op_type}_{i}'}"
+            _meta.set_prop(copy, _meta.PART, key)
+        for sparse in part.model.graph.sparse_initializer:
+            copy_s = self.model.graph.sparse_initializer.add()
+            copy_s.CopyFrom(sparse)
+            copy_s.values.name = base(sparse.values.name)
+        self._value_info(key, base, interface)
+        self._output_identities(key, overrides)
+
+    def _adapter(self, key: str, name: str, adapter: Adapter) -> None:
+        link = self.fed_by_link[(key, name)]
+        current = self.renames[link.src_part](link.src_tensor)
+        steps: list[onnx.NodeProto] = []
+        if adapter.perm is not None:
+            out = f"{key}/{name}@transposed" if adapter.cast_to is not None else f"{key}/{name}"
+            steps.append(onnx.helper.make_node("Transpose", [current], [out], perm=list(adapter.perm)))
+            current = out
+        if adapter.cast_to is not None:
+            steps.append(onnx.helper.make_node("Cast", [current], [f"{key}/{name}"], to=adapter.cast_to))
+        for node in steps:
+            node.name = f"{key}/{name}@{node.op_type.lower()}"
+            _meta.set_prop(node, _meta.PART, key + ADAPTER_SUFFIX)
+            self.model.graph.node.append(node)
+        log.info("seam %s: inserted %s", link, adapter.describe())
+
+    def _value_info(self, key: str, rename: Callable[[str], str], interface: set[str]) -> None:
+        """Carry the part's value_info (and its seam outputs' types) over, renamed, dims unified."""
+        graph = self.parts[key].model.graph
+        inputs = {vi.name for vi in graph_inputs(self.parts[key].model)}
+        out_vis = [vi for vi in graph.output if (key, vi.name) not in self.out_names]
+        in_vis = [vi for vi in graph_inputs(self.parts[key].model) if (key, vi.name) in self.adapters]
+        for vi in [*graph.value_info, *out_vis, *in_vis]:
+            new_name = rename(vi.name)
+            if new_name in interface or new_name in self.value_info_done:
+                continue
+            if vi.name in inputs and (key, vi.name) not in self.adapters:
+                continue
+            where = "out" if vi in out_vis else "in"
+            copy = self.model.graph.value_info.add()
+            copy.CopyFrom(vi)
+            copy.name = new_name
+            self._map_dims(key, where, vi.name, copy)
+            self.value_info_done.add(new_name)
+
+    def _output_identities(self, key: str, overrides: Mapping[str, str]) -> None:
+        """A merged output whose tensor already has another name (passthrough, twice named): an Identity."""
+        for name, (okey, tensor) in self.plan.merged_outputs.items():
+            if okey != key or overrides.get(tensor) == name:
+                continue
+            node = onnx.helper.make_node(
+                "Identity", [self.renames[key](tensor)], [name], name=f"{key}/{name}@identity"
+            )
+            _meta.set_prop(node, _meta.PART, key)
+            self.model.graph.node.append(node)
+
+    # -- interface and metadata ----------------------------------------------------------------------
+    def _map_dims(self, key: str, where: str, tensor: str, vi: onnx.ValueInfoProto) -> None:
+        if vi.type.WhichOneof("value") != "tensor_type" or not vi.type.tensor_type.HasField("shape"):
+            return
+        for i, dim in enumerate(vi.type.tensor_type.shape.dim):
+            kind = dim.WhichOneof("value")
+            raw = dim.dim_param if kind == "dim_param" else None
+            if kind == "dim_value":
+                continue
+            node = dim_node(key, where, tensor, i, raw)
+            if node is None or node not in self.dims.parent:
+                if raw is not None:  # a symbol no seam touched: still one class per (part, symbol)
+                    node = ("sym", key, raw)
+                else:
+                    continue
+            final = self.dims.resolve(node)
+            if isinstance(final, int):
+                dim.dim_value = final
+            elif isinstance(final, str):
+                dim.dim_param = final
+
+    def _interface(self) -> None:
+        graph = self.model.graph
+        for name, ends in self.plan.merged_inputs.items():
+            key, tensor = ends[0]
+            vi = next(v for v in graph_inputs(self.parts[key].model) if v.name == tensor)
+            copy = graph.input.add()
+            copy.CopyFrom(vi)
+            copy.name = name
+            self._map_dims(key, "in", tensor, copy)
+        for name, (key, tensor) in self.plan.merged_outputs.items():
+            vi = next(v for v in self.parts[key].model.graph.output if v.name == tensor)
+            copy = graph.output.add()
+            copy.CopyFrom(vi)
+            copy.name = name
+            self._map_dims(key, "out", tensor, copy)
+
+    def _metadata(self, keys_in_order: Sequence[str]) -> None:
+        _meta.set_prop(self.model, _meta.SOURCE, "merged")
+        _meta.set_prop(self.model, _meta.PARTS, json.dumps(list(keys_in_order)))
+        for name, ends in self.plan.merged_inputs.items():
+            layouts = {_meta.get_layouts(self.parts[k].source).get(t) for k, t in ends}
+            if len(layouts) == 1 and None not in layouts:
+                _meta.set_layout(self.model, name, layouts.pop())  # type: ignore[arg-type]
+        for name, (key, tensor) in self.plan.merged_outputs.items():
+            layout = _meta.get_layouts(self.parts[key].source).get(tensor)
+            if layout:
+                _meta.set_layout(self.model, name, layout)
+
+
+def _all_names(model: onnx.ModelProto) -> set[str]:
+    graph = model.graph
+    names = {vi.name for vi in [*graph.input, *graph.output, *graph.value_info]}
+    names.update(t.name for t in graph.initializer)
+    for node in graph.node:
+        names.update(node.output)
+    return names

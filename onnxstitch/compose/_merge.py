@@ -1,0 +1,355 @@
+"""``merge``, ``chain`` and ``replace``: stitch ONNX parts into one checked ONNX model.
+
+Steps (DESIGN.md, "Rules at a seam"): load the parts (paths keep their external data on disk), check
+the wiring (every problem at once), bring every part to one IR version and one opset per domain,
+check every seam (every problem at once), then build the merged graph and run the full checker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxstitch import _meta
+from onnxstitch.compose._graph import GraphBuilder
+from onnxstitch.compose._seams import SeamChecker, SeamResult
+from onnxstitch.compose._spec import Link, Plan, check_keys, graph_inputs, resolve
+from onnxstitch.compose._versions import Part, ir_for, make_part, targets_for
+from onnxstitch.compose._weights import check_in_memory, check_merged, load_path
+from onnxstitch.errors import ModelFileError, SeamError, SpecError, ValidationError, VersionError
+from onnxstitch.files import ModelLike
+
+__all__ = ["Link", "chain", "merge", "replace"]
+
+log = logging.getLogger(__name__)
+
+#: model metadata key holding the resolved wiring of a merged model (used by ``extract`` and ``replace``)
+SPEC_KEY = _meta.SPEC
+
+_Source = tuple[onnx.ModelProto, bool, Path | None]
+
+
+def merge(
+    models: Mapping[str, ModelLike],
+    links: Sequence[str | Link] = (),
+    *,
+    inputs: Mapping[str, str | Sequence[str]] | None = None,
+    outputs: Mapping[str, str] | None = None,
+    opset: int | Mapping[str, int] | None = None,
+    optimize: bool = False,
+) -> onnx.ModelProto:
+    """Stitch several ONNX models ("parts") into one, along explicit links.
+
+    Names: every tensor, node and initializer of part ``key`` is renamed ``"key/name"``; the merged
+    model's inputs and outputs keep clean names. A part input that no link feeds and no ``inputs=``
+    entry names becomes a merged input under its own name; a part output that no link consumes
+    becomes a merged output under its own name (all of them unless ``outputs=`` is given). When such
+    a default name is used by several parts, each one is called ``"key.name"`` instead.
+    Part inputs that are also initializers (old IR < 4 defaults) are constants, not merged inputs.
+
+    Args:
+        models: part key -> ``ModelProto`` or path to an ``.onnx`` file. Keys must not contain
+            ``:``, ``/`` or ``->``. The same model may appear under several keys.
+        links: ``"key:output->key:input"`` strings or :class:`Link` objects.
+        inputs: merged input name -> one ``"key:input"`` or a list of them (one input feeding several parts).
+        outputs: merged output name -> ``"key:output"``; when given, exactly these are the outputs.
+        opset: target ``ai.onnx`` opset (int) or ``{domain: version}``; default: the highest among
+            the parts, capped by what the installed onnxruntime runs.
+        optimize: run :func:`onnxstitch.compose.optimize` on the result and check parity on random feeds.
+
+    Returns:
+        A new ``ModelProto``; the given models are never modified.
+
+    Raises:
+        SpecError: malformed links, unknown parts or tensors, inputs fed twice, name clashes (all at once).
+        CycleError: the links form a cycle (the message names it: ``a -> b -> a``).
+        VersionError: a part cannot be brought to the target opset, or ``opset=`` exceeds onnxruntime.
+        SeamError: dtype/rank/dim/layout problems at the seams (every seam's problems at once).
+        ModelFileError: a part file is missing or unreadable, or a part is not a valid ONNX model.
+        ValidationError: ``optimize=True`` changed the outputs.
+    """
+    sources = _load_all(models)
+    return _merge_sources(sources, links, inputs=inputs, outputs=outputs, opset=opset, optimize=optimize)
+
+
+def chain(
+    models: Mapping[str, ModelLike],
+    *,
+    opset: int | Mapping[str, int] | None = None,
+    optimize: bool = False,
+) -> onnx.ModelProto:
+    """Merge parts one after the other: each part's single output feeds the next part's single input.
+
+    Args:
+        models: part key -> model, in chain order.
+        opset: as for :func:`merge`.
+        optimize: as for :func:`merge`.
+
+    Returns:
+        A new ``ModelProto``.
+
+    Raises:
+        SpecError: a part (other than the ends) has several inputs or outputs — use ``merge`` with links.
+        CycleError, VersionError, SeamError, ModelFileError, ValidationError: as for :func:`merge`.
+    """
+    sources = _load_all(models)
+    keys = list(sources)
+    problems: list[str] = []
+    links: list[Link] = []
+    for src, dst in itertools.pairwise(keys):
+        outs = [vi.name for vi in sources[src][0].graph.output]
+        ins = [vi.name for vi in graph_inputs(sources[dst][0])]
+        if len(outs) != 1:
+            problems.append(f"part {src!r} has {len(outs)} outputs {outs}; chain needs exactly one")
+        if len(ins) != 1:
+            problems.append(f"part {dst!r} has {len(ins)} inputs {ins}; chain needs exactly one")
+        if len(outs) == 1 and len(ins) == 1:
+            links.append(Link(src, outs[0], dst, ins[0]))
+    if problems:
+        raise SpecError(
+            "cannot chain these parts:\n  " + "\n  ".join(problems),
+            hint='use ox.merge(models, links=["a:out->b:in", ...]) to say which tensors connect',
+        )
+    return _merge_sources(sources, links, inputs=None, outputs=None, opset=opset, optimize=optimize)
+
+
+def replace(merged: ModelLike, key: str, new_part: ModelLike) -> onnx.ModelProto:
+    """Swap part ``key`` of a merged model for ``new_part`` (e.g. a retrained head); seams are re-checked.
+
+    The other parts are taken back out with :func:`onnxstitch.compose.extract` and merged again with
+    the recorded wiring (same links, merged input and output names).
+
+    Args:
+        merged: a model built by :func:`merge` or :func:`chain`.
+        key: the part to swap.
+        new_part: the new model for that key (its inputs/outputs must keep the linked names).
+
+    Returns:
+        A new merged ``ModelProto``.
+
+    Raises:
+        SpecError: ``merged`` is not a merged model, or has no part ``key`` (lists the parts), or the
+            new part lacks a linked tensor (lists its tensors).
+        SeamError, VersionError, ModelFileError: as for :func:`merge`.
+    """
+    from onnxstitch.compose._extract import extract
+    from onnxstitch.files import as_model
+
+    model = as_model(merged)
+    spec = read_spec(model)
+    parts = [str(k) for k in spec["parts"]]
+    if key not in parts:
+        raise SpecError(f"merged model has no part {key!r}; its parts are {', '.join(map(repr, parts))}")
+    models: dict[str, ModelLike] = {k: (new_part if k == key else extract(model, part=k)) for k in parts}
+    return merge(
+        models,
+        [Link(*ln) for ln in spec["links"]],
+        inputs={n: [f"{k}:{t}" for k, t in ends] for n, ends in spec["inputs"].items()},
+        outputs={n: f"{k}:{t}" for n, (k, t) in spec["outputs"].items()},
+    )
+
+
+def read_spec(model: onnx.ModelProto) -> dict[str, object]:
+    """The wiring recorded in a merged model.
+
+    Raises:
+        SpecError: the model carries no recorded wiring (not built by ``merge``).
+    """
+    raw = _meta.get_props(model).get(SPEC_KEY)
+    if not raw:
+        raise SpecError("this model was not built by onnxstitch.merge (no recorded parts/wiring)")
+    spec: dict[str, object] = json.loads(raw)
+    return spec
+
+
+# -- internals --------------------------------------------------------------------------------------
+
+
+def _load_all(models: Mapping[str, ModelLike]) -> dict[str, _Source]:
+    if not isinstance(models, Mapping) or not models:
+        raise SpecError(
+            "merge needs a non-empty mapping {key: model}", hint='ox.merge({"a": a, "b": b}, ...)'
+        )
+    problems = check_keys(list(models))
+    if problems:
+        raise SpecError("invalid part keys:\n  " + "\n  ".join(problems))
+    sources: dict[str, _Source] = {}
+    for key, model in models.items():
+        if isinstance(model, onnx.ModelProto):
+            check_in_memory(key, model)
+            sources[key] = (model, False, None)
+        elif isinstance(model, str | os.PathLike):
+            loaded, folder = load_path(key, model)
+            sources[key] = (loaded, True, folder)
+        else:
+            raise SpecError(f"part {key!r} must be an onnx.ModelProto or a path, got {type(model).__name__}")
+    return sources
+
+
+def _merge_sources(
+    sources: Mapping[str, _Source],
+    links: Sequence[str | Link],
+    *,
+    inputs: Mapping[str, str | Sequence[str]] | None,
+    outputs: Mapping[str, str] | None,
+    opset: int | Mapping[str, int] | None,
+    optimize: bool,
+) -> onnx.ModelProto:
+    ios = {
+        k: ([vi.name for vi in graph_inputs(m)], [vi.name for vi in m.graph.output])
+        for k, (m, _, _) in sources.items()
+    }
+    plan = resolve(ios, links, inputs, outputs)
+    targets = targets_for({k: m for k, (m, _, _) in sources.items()}, opset)
+    parts = _make_parts(sources, targets)
+    seams = SeamChecker(
+        {k: p.model for k, p in parts.items()}, {k: p.source for k, p in parts.items()}
+    ).check(plan)
+    if seams.problems:
+        raise SeamError(
+            f"{len(seams.problems)} problem(s) at the seams:\n  " + "\n  ".join(seams.problems),
+            problems=seams.problems,
+            hint="insert the suggested adapter (ox.adapters.*) as a part of its own, or fix the part",
+        )
+    _name_dims(parts, plan, seams)
+    ir_version = ir_for(targets, [s[0] for s in sources.values()])
+    builder = GraphBuilder(parts, plan, seams.adapters, seams.dims, ir_version, targets)
+    merged = builder.build(list(sources))
+    _record_spec(merged, plan, parts, builder, list(sources))
+    if builder.weights.shared:
+        log.info("%d identical initializer(s) stored once", builder.weights.shared)
+    _check(merged, parts)
+    if optimize:
+        merged = _optimized(merged)
+    return merged
+
+
+def _make_parts(sources: Mapping[str, _Source], targets: Mapping[str, int]) -> dict[str, Part]:
+    parts: dict[str, Part] = {}
+    problems: list[VersionError] = []
+    for key, (model, owned, folder) in sources.items():
+        try:
+            parts[key] = make_part(key, model, owned, targets, folder)
+        except VersionError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise VersionError("several parts cannot be converted:\n  " + "\n  ".join(str(p) for p in problems))
+    return parts
+
+
+def _name_dims(parts: Mapping[str, Part], plan: Plan, seams: SeamResult) -> None:
+    """Name the dim classes: the merged inputs' own symbols first (so ``batch`` stays ``batch``)."""
+    preferred: list[tuple[tuple[str, ...], str]] = []
+    for ends in plan.merged_inputs.values():
+        for key, tensor in ends:
+            vi = next(v for v in graph_inputs(parts[key].model) if v.name == tensor)
+            for dim in vi.type.tensor_type.shape.dim:
+                if dim.WhichOneof("value") == "dim_param" and dim.dim_param:
+                    preferred.append((("sym", key, dim.dim_param), dim.dim_param))
+    for key, part in parts.items():
+        graph = part.model.graph
+        for vi in [*graph.input, *graph.output, *graph.value_info]:
+            if vi.type.WhichOneof("value") != "tensor_type":
+                continue
+            for dim in vi.type.tensor_type.shape.dim:
+                if dim.WhichOneof("value") == "dim_param" and dim.dim_param:
+                    seams.dims.find(("sym", key, dim.dim_param))
+    seams.dims.name_classes(preferred)
+
+
+def _record_spec(
+    merged: onnx.ModelProto, plan: Plan, parts: Mapping[str, Part], builder: GraphBuilder, keys: list[str]
+) -> None:
+    part_inputs = {k: [vi.name for vi in graph_inputs(p.model)] for k, p in parts.items()}
+    part_outputs = {k: [vi.name for vi in p.model.graph.output] for k, p in parts.items()}
+    io = {k: {name: builder.renames[k](name) for name in [*part_inputs[k], *part_outputs[k]]} for k in parts}
+    spec = {
+        "part_inputs": part_inputs,
+        "part_outputs": part_outputs,
+        "io": io,
+        "parts": keys,
+        "links": [[ln.src_part, ln.src_tensor, ln.dst_part, ln.dst_tensor] for ln in plan.links],
+        "inputs": {n: [list(e) for e in ends] for n, ends in plan.merged_inputs.items()},
+        "outputs": {n: list(end) for n, end in plan.merged_outputs.items()},
+        "layouts": {k: _meta.get_layouts(p.source) for k, p in parts.items()},
+        "sources": {k: _meta.get_source(p.source) for k, p in parts.items()},
+    }
+    _meta.set_prop(merged, SPEC_KEY, json.dumps(spec))
+
+
+def _check(merged: onnx.ModelProto, parts: Mapping[str, Part]) -> None:
+    """Run the full checker; blame an invalid part, else report what our seam checks could not see."""
+    try:
+        check_merged(merged)
+    except Exception as exc:  # onnx's ValidationError / InferenceError
+        for key, part in parts.items():
+            try:
+                check_merged(part.model)
+            except Exception as part_exc:
+                raise ModelFileError(f"part {key!r} is not a valid ONNX model: {part_exc}") from part_exc
+        raise SeamError(
+            f"the merged model fails the ONNX checker: {exc}",
+            problems=[str(exc)],
+            hint="a seam whose shapes are not declared may disagree; check the parts' output shapes",
+        ) from exc
+
+
+def _optimized(merged: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxstitch.compose._optimize import optimize as run_optimize
+
+    optimized = run_optimize(merged)
+    if merged.ByteSize() >= 2**31 - 2**20:
+        log.warning("model past 2 GB: parity of the optimized model not re-checked in memory")
+        return optimized
+    feeds = random_feeds(merged, batch=2, seed=0)
+    before, after = _run(merged, feeds), _run(optimized, feeds)
+    bad = [
+        name
+        for name in before
+        if name not in after
+        or before[name].shape != after[name].shape
+        or not np.allclose(before[name], after[name], rtol=1e-4, atol=1e-5, equal_nan=True)
+    ]
+    if bad:
+        raise ValidationError(
+            f"optimize changed output(s) {bad} of the merged model",
+            hint="merge with optimize=False (and report the model)",
+        )
+    return optimized
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def random_feeds(model: onnx.ModelProto, *, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Seeded random feeds from a model's signature (symbolic dim 0: ``batch``, other symbols: 3)."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for vi in graph_inputs(model):
+        tt = vi.type.tensor_type
+        shape = [
+            d.dim_value if d.WhichOneof("value") == "dim_value" else (batch if i == 0 else 3)
+            for i, d in enumerate(tt.shape.dim)
+        ]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.random(shape) < 0.5
+        else:
+            feeds[vi.name] = rng.integers(0, 4, size=shape).astype(dtype)
+    return feeds
