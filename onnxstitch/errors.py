@@ -150,3 +150,10 @@ class RunTimeoutError(StitchError):
 
 
 __all__ += ["RunTimeoutError"]
+
+
+class SandboxError(StitchError):
+    """A model crashed, hung or ran out of memory while loaded in the sandbox subprocess."""
+
+
+__all__ += ["SandboxError"]
