@@ -109,7 +109,7 @@ class SeamResult:
 
 
 class DimUnifier:
-    """Union-find over symbolic dims ``(part, symbol)`` and anonymous interface dims; classes may bind a value."""
+    """Union-find over symbolic dims ``(part, symbol)`` and anonymous dims; a class may bind a value."""
 
     def __init__(self) -> None:
         self.parent: dict[tuple[str, ...], tuple[str, ...]] = {}
