@@ -100,7 +100,7 @@ def _is_one_spec(value: Any, tf: Any) -> bool:
         isinstance(value, tuple)
         and len(value) == 2
         and isinstance(value[0], Sequence)
-        and not isinstance(value[1], Sequence | tf.TensorSpec)
+        and (isinstance(value[1], str) or not isinstance(value[1], Sequence | tf.TensorSpec))
     )
 
 
@@ -400,7 +400,7 @@ def trace_keras_model(model: Any, signature: Signature | None, tf: Any) -> Trace
         specs, given, structure = normalize_signature(signature, tf)
         fallback = known[1] if known and len(known[1]) == len(specs) else call_param_names(model)
         if known and len(known[1]) == len(specs):
-            struct = known[2]
+            struct, structure = known[2], "list"  # the model's own structure, not the signature's
         elif known:
             raise InputError(
                 f"{what} takes {len(known[1])} input(s) {known[1]}, input_signature gives {len(specs)}",
