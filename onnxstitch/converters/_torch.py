@@ -443,7 +443,8 @@ def _export_dynamo(
 
 
 def _weight_bytes(source: _Source) -> int:
-    state = source.exportable.state_dict()
+    state = source.exportable.state_dict  # a dict on an ExportedProgram, a method on a Module
+    state = state() if callable(state) else state
     return sum(int(t.numel()) * int(t.element_size()) for t in state.values() if hasattr(t, "numel"))
 
 

@@ -1,0 +1,89 @@
+"""Tiny torch modules shared by the torch converter tests (built in code, seeded, nothing downloaded)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 16)
+        self.fc2 = nn.Linear(16, 3)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(features)))
+
+
+class CNN(nn.Module):
+    """Conv + BatchNorm + Dropout: in train mode it differs from eval mode, so parity proves eval."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        fmap = torch.relu(self.bn(self.conv(image)))
+        logits = self.head(self.drop(fmap.mean(dim=(2, 3))))
+        return logits, fmap
+
+
+class TwoTower(nn.Module):
+    """Two inputs (one image-like, one vector), two outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, image: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.conv(image).amax(dim=(2, 3))
+        joint = pooled + self.fc(meta)
+        return joint.softmax(dim=-1), joint * 2
+
+
+class Tokens(nn.Module):
+    """Two inputs sharing (batch, seq); the output keeps both dims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.proj(tokens) * mask.unsqueeze(-1)
+
+
+class Noisy(nn.Module):
+    """Nondeterministic: a different result every call, so validation must fail."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.rand_like(x)
+
+
+class DataDependent(nn.Module):
+    """Python control flow on a tensor value: torch.export refuses it, TorchScript traces it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.abs().sum() >= 0:  # always true: the traced branch is the right one
+            return x * 2 + 1
+        return x
+
+
+def seeded(cls: type[nn.Module], seed: int = 0) -> nn.Module:
+    """An instance of ``cls`` with seeded weights and non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    module = cls()
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return module
+
+
+def make_mlp() -> nn.Module:
+    """Factory for the CLI tests (``torch_models:make_mlp``)."""
+    return seeded(MLP)
