@@ -1,0 +1,204 @@
+"""merge/chain: versions, scoping, DAGs, purity, provenance — and onnx.compose's failures done right."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import onnx
+import onnx.compose
+import pytest
+from compose_helpers import assert_valid, dims, linear, parse, run, snapshot
+
+import onnxstitch as ox
+from onnxstitch import _meta
+from onnxstitch.compose._versions import ort_max_opset
+from onnxstitch.errors import VersionError
+
+TOL = {"rtol": 1e-5, "atol": 1e-6}
+
+
+def _x(rng, n=3, k=4):
+    return rng.standard_normal((n, k)).astype(np.float32)
+
+
+def test_ir8_opset15_with_ir10_opset20_refused_by_onnx_compose_merged_by_us(rng):
+    a = linear("a", 4, 5, 0, ir=8, opset=15)  # what tf2onnx emits
+    b = linear("b", 5, 3, 1, ir=10, opset=20)  # what torch's exporter emits
+    with pytest.raises(ValueError, match=r"IR version|opset"):
+        onnx.compose.merge_models(a, b, io_map=[("y", "x")])
+    merged = ox.chain({"a": a, "b": b})
+    assert_valid(merged)
+    assert merged.ir_version == 10
+    assert [(o.domain, o.version) for o in merged.opset_import] == [("", 20)]
+    x = _x(rng)
+    want = run(b, {"x": run(a, {"x": x})["y"]})["y"]
+    np.testing.assert_allclose(run(merged, {"x": x})["y"], want, **TOL)
+
+
+def test_opset_capped_and_explicit(rng):
+    a, b = linear("a", 4, 4, 0, opset=15), linear("b", 4, 2, 1, opset=17)
+    merged = ox.chain({"a": a, "b": b}, opset=16)
+    assert [(o.domain, o.version) for o in merged.opset_import] == [("", 16)]
+    assert_valid(merged)
+    too_high = ort_max_opset() + 1
+    with pytest.raises(VersionError, match=f"opset {too_high} of ai.onnx was asked for"):
+        ox.chain({"a": a, "b": b}, opset=too_high)
+
+
+def test_unconvertible_part_names_part_and_op():
+    gelu = parse(
+        """
+        <ir_version: 10, opset_import: ["" : 20]>
+        g (float[batch, 4] x) => (float[batch, 4] y) { y = Gelu(x) }"""
+    )
+    with pytest.raises(VersionError) as info:
+        ox.merge({"g": gelu}, opset=12)
+    assert "part 'g'" in str(info.value)
+    assert "Gelu" in str(info.value)
+
+
+def test_model_local_functions_survive_conversion(rng):
+    with_fn = parse(
+        """
+        <ir_version: 8, opset_import: ["" : 15, "local" : 1]>
+        f (float[batch, 4] x) => (float[batch, 4] y) { y = local.Twice(x) }
+        <domain: "local", opset_import: ["" : 15]>
+        Twice (a) => (b) { b = Add(a, a) }"""
+    )
+    merged = ox.chain({"f": with_fn, "b": linear("b", 4, 2, 1, opset=20)})
+    assert [f.name for f in merged.functions] == ["Twice"]
+    assert {(o.domain, o.version) for o in merged.opset_import} == {("", 20), ("local", 1)}
+    assert_valid(merged)
+    x = _x(rng)
+    want = run(linear("b", 4, 2, 1, opset=20), {"x": 2 * x})["y"]
+    np.testing.assert_allclose(run(merged, {"x": x})["y"], want, **TOL)
+
+
+def test_ml_domain_one_opset_per_domain(rng):
+    def scaler(version: int) -> onnx.ModelProto:
+        return parse(
+            f"""
+            <ir_version: 8, opset_import: ["" : 17, "ai.onnx.ml" : {version}]>
+            s (float[batch, 4] x) => (float[batch, 4] y) {{
+              y = ai.onnx.ml.Scaler<offset = [1.0], scale = [2.0]>(x)
+            }}"""
+        )
+
+    merged = ox.chain({"a": scaler(1), "b": scaler(3)})
+    assert sorted((o.domain, o.version) for o in merged.opset_import) == [("", 17), ("ai.onnx.ml", 3)]
+    assert_valid(merged)
+    x = _x(rng)
+    np.testing.assert_allclose(run(merged, {"x": x})["y"], ((x - 1) * 2 - 1) * 2, **TOL)
+
+
+def test_symbolic_batch_kept_through_seams_unlike_expand_out_dim(rng):
+    a = linear("a", 4, 5, 0, sym="batch")
+    b = linear("b", 5, 3, 1, sym="N")
+    expanded = onnx.compose.expand_out_dim(a, 0)  # onnx.compose's way of adding a dim
+    assert dims(expanded.graph.output[0]) == [1, 0, 5]  # the symbolic batch became a static 0
+    merged = ox.chain({"a": a, "b": b})
+    assert dims(merged.graph.input[0]) == ["batch", 4]
+    assert dims(merged.graph.output[0]) == ["batch", 3]
+    value_info = {vi.name: dims(vi) for vi in merged.graph.value_info}
+    assert value_info["a/y"] == ["batch", 5]
+    assert len(run(merged, {"x": _x(rng, n=7)})["y"]) == 7
+
+
+def test_static_dim_binds_symbol():
+    a = linear("a", 4, 5, 0, sym="batch")
+    b = linear("b", 5, 3, 1, sym="1")
+    b.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    b.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 2
+    merged = ox.chain({"a": a, "b": b})
+    assert dims(merged.graph.input[0]) == [2, 4]
+    assert_valid(merged)
+
+
+def test_two_copies_of_one_model_weights_stored_once(rng):
+    m = linear("m", 4, 4, 0)
+    merged = ox.merge({"one": m, "two": m}, inputs={"x": ["one:x", "two:x"]})
+    assert len(merged.graph.initializer) == len(m.graph.initializer)
+    assert [o.name for o in merged.graph.output] == ["one.y", "two.y"]
+    assert_valid(merged)
+    x = _x(rng)
+    out = run(merged, {"x": x})
+    want = run(m, {"x": x})["y"]
+    np.testing.assert_allclose(out["one.y"], want, **TOL)
+    np.testing.assert_allclose(out["two.y"], want, **TOL)
+
+
+def test_chain_of_one_model_twice_scoped(rng):
+    m = linear("m", 4, 4, 0)
+    merged = ox.chain({"first": m, "second": m})
+    names = {n.name for n in merged.graph.node}
+    assert any(n.startswith("first/") for n in names)
+    assert any(n.startswith("second/") for n in names)
+    x = _x(rng)
+    np.testing.assert_allclose(run(merged, {"x": x})["y"], run(m, {"x": run(m, {"x": x})["y"]})["y"], **TOL)
+
+
+def _adder() -> onnx.ModelProto:
+    return parse(
+        """
+        <ir_version: 10, opset_import: ["" : 20]>
+        c (float[batch, 3] p, float[batch, 3] q) => (float[batch, 3] logits) {
+          s = Add(p, q)
+          logits = Mul(s, s)
+        }"""
+    )
+
+
+def test_three_part_dag_with_fan_in_and_shared_input(rng):
+    a, b, c = linear("a", 4, 3, 0), linear("b", 4, 3, 1, act="Tanh"), _adder()
+    merged = ox.merge(
+        {"a": a, "b": b, "c": c},
+        ["a:y->c:p", "b:y->c:q"],
+        inputs={"image": ["a:x", "b:x"]},
+        outputs={"logits": "c:logits"},
+    )
+    assert_valid(merged)
+    assert [i.name for i in merged.graph.input] == ["image"]
+    x = _x(rng)
+    want = run(c, {"p": run(a, {"x": x})["y"], "q": run(b, {"x": x})["y"]})["logits"]
+    np.testing.assert_allclose(run(merged, {"image": x})["logits"], want, **TOL)
+
+
+def test_nothing_mutated():
+    a, b, c = linear("a", 4, 3, 0, opset=15, ir=8), linear("b", 4, 3, 1), _adder()
+    _meta.set_layout(a, "y", "NCHW")
+    before = snapshot(a, b, c)
+    ox.merge({"a": a, "b": b, "c": c}, ["a:y->c:p", "b:y->c:q"], inputs={"image": ["a:x", "b:x"]})
+    ox.chain({"a": a, "c": linear("c", 3, 2, 3)})
+    assert snapshot(a, b, c) == before
+
+
+def test_provenance_and_metadata():
+    a = linear("a", 4, 3, 0)
+    _meta.set_layout(a, "x", "NCHW")
+    merged = ox.chain({"a": a, "b": linear("b", 3, 2, 1)})
+    assert {_meta.get_part(n) for n in merged.graph.node} == {"a", "b"}
+    assert all(_meta.get_part(n) for n in merged.graph.node)
+    props = _meta.get_props(merged)
+    assert json.loads(props[_meta.PARTS]) == ["a", "b"]
+    assert props[_meta.SOURCE] == "merged"
+    assert _meta.get_layouts(merged) == {"x": "NCHW"}
+    scoped = [t.name for t in merged.graph.initializer]
+    assert sorted(scoped) == ["a/B", "a/W", "b/B", "b/W"]
+
+
+def test_output_named_twice_and_passthrough(rng):
+    a, b = linear("a", 4, 4, 0), linear("b", 4, 2, 1)
+    merged = ox.merge({"a": a, "b": b}, ["a:y->b:x"], outputs={"h1": "a:y", "h2": "a:y", "out": "b:y"})
+    assert_valid(merged)
+    x = _x(rng)
+    out = run(merged, {"x": x})
+    np.testing.assert_array_equal(out["h1"], out["h2"])
+    np.testing.assert_allclose(out["out"], run(b, {"x": out["h1"]})["y"], **TOL)
+
+
+def test_info_log_for_conversion(caplog):
+    with caplog.at_level(logging.INFO, logger="onnxstitch.compose"):
+        ox.chain({"a": linear("a", 4, 4, 0, opset=15), "b": linear("b", 4, 2, 1)})
+    assert "part 'a' converted from ai.onnx opset 15 to 20" in caplog.text
