@@ -1,0 +1,184 @@
+"""Seams: dtype, rank, static dims, layouts checked before building; adapters only where provably right."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx.compose
+import onnxruntime as ort
+import pytest
+from compose_helpers import assert_valid, dims, parse, run
+
+import onnxstitch as ox
+from onnxstitch import _meta
+from onnxstitch.errors import SeamError
+
+TOL = {"rtol": 1e-5, "atol": 1e-6}
+
+
+def _producer(dtype: str = "float", shape: str = "batch, 4", layout: str | None = None) -> onnx.ModelProto:
+    return parse(
+        f"""
+        <ir_version: 10, opset_import: ["" : 20]>
+        p ({dtype}[{shape}] x) => ({dtype}[{shape}] feat) {{ feat = Neg(x) }}""",
+        layouts={"feat": layout} if layout else None,
+    )
+
+
+def _consumer(dtype: str = "float", shape: str = "batch, 4", layout: str | None = None) -> onnx.ModelProto:
+    return parse(
+        f"""
+        <ir_version: 10, opset_import: ["" : 20]>
+        c ({dtype}[{shape}] x) => ({dtype}[{shape}] y) {{ y = Abs(x) }}""",
+        layouts={"x": layout} if layout else None,
+    )
+
+
+def _conv_head() -> onnx.ModelProto:
+    """A torch-like NCHW head with a channel-mixing 1x1 conv: wrong layouts give wrong numbers."""
+    rng = np.random.default_rng(3)
+    model = onnx.parser.parse_model(
+        """
+        <ir_version: 10, opset_import: ["" : 20]>
+        head (float[batch, 4, 4, 4] x) => (float[batch, 2, 4, 4] y) { y = Conv(x, w) }"""
+    )
+    model.graph.initializer.append(
+        onnx.numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w")
+    )
+    _meta.set_layout(model, "x", "NCHW")
+    return model
+
+
+def test_float64_into_float32_refused_unlike_onnx_compose():
+    p, c = _producer("double"), _consumer("float")
+    built = onnx.compose.merge_models(p, c, io_map=[("feat", "x")])  # onnx.compose builds it without a word
+    assert len(built.graph.node) == 2
+    with pytest.raises(SeamError) as info:
+        ox.chain({"p": p, "c": c})
+    (problem,) = info.value.problems
+    assert "p:feat (float64[batch,4]) -> c:x (float32[batch,4])" in problem
+    assert "ox.adapters.cast('float32')" in problem
+
+
+def test_float_into_int_refused():
+    with pytest.raises(SeamError, match=r"float32 does not widen to int64"):
+        ox.chain({"p": _producer("float"), "c": _consumer("int64")})
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "np_dtype"), [("float16", "float", np.float16), ("int32", "int64", np.int32)]
+)
+def test_widening_cast_inserted(caplog, src, dst, np_dtype):
+    with caplog.at_level(logging.INFO, logger="onnxstitch.compose"):
+        merged = ox.chain({"p": _producer(src), "c": _consumer(dst)})
+    assert_valid(merged)
+    casts = [n for n in merged.graph.node if n.op_type == "Cast"]
+    assert len(casts) == 1
+    assert _meta.get_part(casts[0]) == "c.adapter"
+    assert "inserted Cast" in caplog.text
+    x = (np.arange(8).reshape(2, 4) - 3).astype(np_dtype)
+    out = run(merged, {"x": x})["y"]
+    assert out.dtype == (np.float32 if dst == "float" else np.int64)
+    np.testing.assert_array_equal(out, np.abs(-x).astype(out.dtype))
+
+
+def test_nhwc_to_nchw_with_coinciding_shapes(rng):
+    """onnx.compose wires NHWC into NCHW silently (wrong numbers); we insert the Transpose."""
+    keras_like = _producer(shape="batch, 4, 4, 4", layout="NHWC")
+    head = _conv_head()
+    x = rng.standard_normal((2, 4, 4, 4)).astype(np.float32)
+    want = run(head, {"x": np.transpose(-x, (0, 3, 1, 2))})["y"]  # what the user would write natively
+    naive = onnx.compose.merge_models(keras_like, head, io_map=[("feat", "x")])
+    wrong = run(naive, {"x": x})["y"]
+    assert not np.allclose(wrong, want, atol=1e-3)
+    merged = ox.chain({"backbone": keras_like, "head": head})
+    transposes = [n for n in merged.graph.node if n.op_type == "Transpose"]
+    assert [list(n.attribute[0].ints) for n in transposes] == [[0, 3, 1, 2]]
+    assert _meta.get_part(transposes[0]) == "head.adapter"
+    np.testing.assert_allclose(run(merged, {"x": x})["y"], want, **TOL)
+
+
+def test_nchw_to_nhwc_transpose_and_dims_follow(rng):
+    p = _producer(shape="batch, 3, 8, 5", layout="NCHW")
+    c = _consumer(shape="N, 8, 5, 3", layout="NHWC")
+    merged = ox.chain({"p": p, "c": c})
+    assert_valid(merged)
+    assert dims(merged.graph.output[0]) == ["batch", 8, 5, 3]
+    x = rng.standard_normal((2, 3, 8, 5)).astype(np.float32)
+    np.testing.assert_allclose(run(merged, {"x": x})["y"], np.abs(np.transpose(x, (0, 2, 3, 1))), **TOL)
+
+
+def test_equal_shapes_unknown_layouts_is_a_valid_seam():
+    merged = ox.chain(
+        {"p": _producer(shape="batch, 4, 4, 4"), "c": _consumer(shape="batch, 4, 4, 4", layout="NCHW")}
+    )
+    assert not [n for n in merged.graph.node if n.op_type == "Transpose"]
+
+
+def test_unknown_layout_shape_mismatch_suggests_transpose():
+    with pytest.raises(SeamError) as info:
+        ox.chain(
+            {"p": _producer(shape="batch, 8, 8, 3", layout="NHWC"), "c": _consumer(shape="batch, 3, 8, 8")}
+        )
+    (problem,) = info.value.problems
+    assert "p:feat (float32[batch,8,8,3]) -> c:x (float32[batch,3,8,8])" in problem
+    assert "ox.adapters.transpose((0, 3, 1, 2))" in problem
+
+
+def test_known_layouts_but_shapes_still_differ():
+    with pytest.raises(SeamError, match=r"NHWC -> NCHW needs transpose\(0, 3, 1, 2\)"):
+        ox.chain(
+            {
+                "p": _producer(shape="batch, 8, 8, 3", layout="NHWC"),
+                "c": _consumer(shape="batch, 4, 8, 8", layout="NCHW"),
+            }
+        )
+
+
+def test_shared_input_with_differing_layouts_is_ambiguous():
+    a = _consumer(shape="batch, 4, 4, 4", layout="NHWC")
+    b = _consumer(shape="batch, 4, 4, 4", layout="NCHW")
+    with pytest.raises(SeamError, match="ambiguous"):
+        ox.merge({"a": a, "b": b}, inputs={"image": ["a:x", "b:x"]})
+
+
+def test_rank_and_static_dims_with_reshape_hints():
+    with pytest.raises(SeamError, match=r"rank 4 != 2; insert ox.adapters.flatten\(\)"):
+        ox.chain({"p": _producer(shape="batch, 2, 2, 3"), "c": _consumer(shape="batch, 12")})
+    with pytest.raises(
+        SeamError, match=r"static dim\(s\) \[1, 2\] differ; insert ox.adapters.reshape\(\(-1, 6, 2\)\)"
+    ):
+        ox.chain({"p": _producer(shape="batch, 4, 3"), "c": _consumer(shape="batch, 6, 2")})
+
+
+def test_every_seam_problem_reported_at_once():
+    parts = {
+        "p": _producer("double", "batch, 8"),
+        "q": _producer("float", "batch, 5"),
+        "c1": _consumer("float", "batch, 8"),
+        "c2": _consumer("float", "batch, 4"),
+    }
+    with pytest.raises(SeamError) as info:
+        ox.merge(parts, ["p:feat->c1:x", "q:feat->c2:x"])
+    problems = info.value.problems
+    assert len(problems) == 2
+    assert any("p:feat (float64[batch,8]) -> c1:x" in p for p in problems)
+    assert any("q:feat (float32[batch,5]) -> c2:x (float32[batch,4])" in p and "[1]" in p for p in problems)
+    assert "2 problem(s) at the seams" in str(info.value)
+
+
+def test_symbol_bound_to_two_values():
+    p = _producer(shape="n, 4")
+    c1, c2 = _consumer(shape="2, 4"), _consumer(shape="3, 4")
+    with pytest.raises(SeamError, match="would have to be both 2 and 3"):
+        ox.merge({"p": p, "c1": c1, "c2": c2}, ["p:feat->c1:x", "p:feat->c2:x"])
+
+
+def test_merged_model_session_runs_batch_sizes(rng):
+    merged = ox.chain({"p": _producer(shape="batch, 4"), "c": _consumer(shape="N, 4")})
+    session = ort.InferenceSession(merged.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (1, 7):
+        x = rng.standard_normal((n, 4)).astype(np.float32)
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], np.abs(x), **TOL)
