@@ -1,0 +1,194 @@
+"""A model's summary: what ``onnxstitch inspect`` prints and the demo's report uses.
+
+:func:`describe` returns plain JSON-able data with stable keys (documented in ``docs/security.md``
+next to ``inspect``, and pinned by ``tests/files``):
+
+``file``
+    ``{"path", "size_bytes", "external_data": [{"file", "size_bytes"}]}`` or ``None`` for an
+    in-memory model.
+``ir_version``, ``opsets``
+    the IR version and ``{domain: version}`` (``""`` is written ``"ai.onnx"``).
+``producer``
+    ``{"name", "version"}``.
+``source``
+    the framework recorded in ``onnxstitch.source`` (``"torch"``, ``"keras"``, ``"merged"``...) or ``None``.
+``inputs``, ``outputs``
+    ``[{"name", "dtype", "shape", "layout"}]``; ``dtype`` a NumPy name (``"float32"``) or the ONNX
+    type (``"sequence"``...), ``shape`` a list of ints (static), strings (symbolic) and ``None``
+    (unknown), ``layout`` ``"NHWC"``/``"NCHW"``/``None``.
+``nodes``, ``op_types``
+    the node count of the main graph and ``{op_type: count}`` (sorted by count, then name).
+``parameters``, ``parameter_bytes``
+    elements and bytes of all initializers (subgraphs included).
+``layouts``
+    ``{tensor: layout}`` from ``onnxstitch.layout.<tensor>``.
+``parts``
+    for a merged model, one row per part in merge order: ``{"part", "nodes", "parameters",
+    "op_types"}``; an initializer used by several parts is counted in a ``"(shared)"`` row and
+    nodes without a part in ``"(unassigned)"``. Empty for a model that was not merged.
+``metadata``
+    the other ``metadata_props`` (not ``onnxstitch.*``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import helper
+
+from onnxstitch import _meta
+
+__all__ = ["SHARED", "UNASSIGNED", "describe", "describe_file"]
+
+SHARED = "(shared)"
+UNASSIGNED = "(unassigned)"
+
+
+def _dtype_name(elem_type: int) -> str:
+    try:
+        return str(helper.tensor_dtype_to_np_dtype(elem_type).name)
+    except (KeyError, ValueError, TypeError):
+        try:
+            return str(onnx.TensorProto.DataType.Name(elem_type)).lower()
+        except ValueError:
+            return f"unknown({elem_type})"
+
+
+def _value_info(vi: onnx.ValueInfoProto, layouts: dict[str, str]) -> dict[str, Any]:
+    kind = vi.type.WhichOneof("value")
+    if kind == "tensor_type":
+        tensor = vi.type.tensor_type
+        dtype = _dtype_name(tensor.elem_type)
+        shape: list[int | str | None] | None = None
+        if tensor.HasField("shape"):
+            shape = []
+            for dim in tensor.shape.dim:
+                which = dim.WhichOneof("value")
+                shape.append(dim.dim_value if which == "dim_value" else dim.dim_param if which else None)
+    else:
+        dtype, shape = (kind or "unknown").removesuffix("_type"), None
+    return {"name": vi.name, "dtype": dtype, "shape": shape, "layout": layouts.get(vi.name)}
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
+
+
+def _tensor_size(tensor: onnx.TensorProto) -> tuple[int, int]:
+    count = int(math.prod(tensor.dims))
+    try:
+        itemsize = int(helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
+    except (KeyError, ValueError, TypeError):
+        itemsize = 0
+    if tensor.data_type == onnx.TensorProto.STRING:
+        itemsize = 0
+    return count, count * itemsize
+
+
+def _node_inputs(node: onnx.NodeProto) -> Iterator[str]:
+    """Names a node reads, including those its subgraphs read from the outer scope."""
+    yield from node.input
+    for attr in node.attribute:
+        subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+        for sub in subs:
+            for inner in _graphs(sub):
+                for n in inner.node:
+                    yield from n.input
+
+
+def _parts(model: onnx.ModelProto, sizes: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
+    order = _meta.get_parts(model)
+    node_part = [_meta.get_part(n) for n in model.graph.node]
+    if not order and not any(node_part):
+        return []
+    nodes: Counter[str] = Counter()
+    ops: dict[str, Counter[str]] = defaultdict(Counter)
+    users: dict[str, set[str]] = defaultdict(set)
+    for node, part in zip(model.graph.node, node_part, strict=True):
+        key = part or UNASSIGNED
+        nodes[key] += 1
+        ops[key][node.op_type] += 1
+        for name in _node_inputs(node):
+            if name in sizes:
+                users[name].add(key)
+    params: Counter[str] = Counter()
+    for name, parts in users.items():
+        params[next(iter(parts)) if len(parts) == 1 else SHARED] += sizes[name][0]
+    keys = [
+        *order,
+        *sorted(k for k in set(nodes) | set(params) if k not in order and k not in (SHARED, UNASSIGNED)),
+    ]
+    keys += [k for k in (UNASSIGNED, SHARED) if k in nodes or k in params]
+    return [
+        {"part": k, "nodes": nodes[k], "parameters": params[k], "op_types": dict(ops[k].most_common())}
+        for k in keys
+    ]
+
+
+def _sorted_counts(counter: Counter[str]) -> dict[str, int]:
+    return dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def describe(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Summarize ``model`` (read only) as JSON-able data with the keys listed in the module doc.
+
+    Args:
+        model: the model (never modified).
+        path: the file it was loaded from, to report file sizes; ``None`` for an in-memory model.
+    """
+    layouts = _meta.get_layouts(model)
+    sizes: dict[str, tuple[int, int]] = {}
+    for graph in _graphs(model.graph):
+        for tensor in graph.initializer:
+            sizes[tensor.name] = _tensor_size(tensor)
+        for sparse in graph.sparse_initializer:
+            sizes[sparse.values.name] = (int(math.prod(sparse.dims)), _tensor_size(sparse.values)[1])
+    initializer_names = set(sizes)
+    props = _meta.get_props(model)
+    return {
+        "file": _file_info(path) if path is not None else None,
+        "ir_version": int(model.ir_version),
+        "opsets": {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import},
+        "producer": {"name": model.producer_name, "version": model.producer_version},
+        "source": _meta.get_source(model),
+        "inputs": [_value_info(v, layouts) for v in model.graph.input if v.name not in initializer_names],
+        "outputs": [_value_info(v, layouts) for v in model.graph.output],
+        "nodes": len(model.graph.node),
+        "op_types": _sorted_counts(Counter(n.op_type for n in model.graph.node)),
+        "parameters": sum(c for c, _ in sizes.values()),
+        "parameter_bytes": sum(b for _, b in sizes.values()),
+        "layouts": layouts,
+        "parts": _parts(model, sizes),
+        "metadata": {k: v for k, v in props.items() if not k.startswith(_meta.PREFIX)},
+    }
+
+
+def _file_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    from onnxstitch.files import check_file
+
+    p = Path(path)
+    data = [{"file": f.name, "size_bytes": f.stat().st_size} for f in check_file(p)]
+    return {"path": str(p), "size_bytes": p.stat().st_size, "external_data": data}
+
+
+def describe_file(path: str | os.PathLike[str], *, verify: bool = False) -> dict[str, Any]:
+    """Load ``path`` safely (see :func:`onnxstitch.files.load`) and :func:`describe` it.
+
+    Raises:
+        ModelFileError, UnsafeModelError, IntegrityError, VersionError, ModelTooLargeError: as ``load``.
+    """
+    from onnxstitch.files import load
+
+    return describe(load(path, verify=verify), path=path)
