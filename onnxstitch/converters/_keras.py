@@ -115,7 +115,8 @@ def from_keras(
         raw = _run_tf2onnx(traced, target)
     model = _clean(raw, traced, layouts)
     if validate:
-        _common.validate(model, traced.reference, what=traced.what, rtol=rtol, atol=atol)
+        report = _common.validate(model, traced.reference, what=traced.what, rtol=rtol, atol=atol)
+        _unclaim_batch(model, report)
     logger.info("converted %s: inputs %s, outputs %s", traced.what, traced.input_names, traced.output_names)
     return model
 
@@ -204,7 +205,7 @@ def unsupported_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
     """
     opsets = {o.domain or "": o.version for o in model.opset_import}
     found: dict[str, list[str]] = defaultdict(list)
-    for graph in _common._graphs(model.graph):
+    for graph in _graphs(model.graph):
         for node in graph.node:
             domain = "" if node.domain == "ai.onnx" else node.domain
             if not _is_standard(node.op_type, domain, opsets.get(domain)):
@@ -251,7 +252,7 @@ def _rename_ends(model: onnx.ModelProto, traced: Traced) -> None:
     missing = sorted(k for k in mapping if k not in present)
     if missing:
         raise ConversionError(f"{traced.what}: tf2onnx's result lacks the tensors {missing}")
-    taken = _common._all_names(model) - set(mapping)
+    taken = _tensor_names(model) - set(mapping)
     clashes = {n: f"{n}__internal" for n in set(mapping.values()) & taken}
     _common.rename_tensors(model, clashes)
     _common.rename_tensors(model, mapping)
@@ -260,6 +261,45 @@ def _rename_ends(model: onnx.ModelProto, traced: Traced) -> None:
     kept = [onnx.ValueInfoProto.FromString(v.SerializeToString()) for v in outputs]
     del model.graph.output[:]
     model.graph.output.extend(kept)
+
+
+def _unclaim_batch(model: onnx.ModelProto, report: Any) -> None:
+    """An output whose dim 0 was labelled ``batch`` but did not follow the batch size at run time
+    (e.g. a flattened tensor of a tf.function) gets its own symbol ``<output>_dim0`` instead."""
+    wrong = {
+        row.output
+        for row in getattr(report, "rows", ())
+        if row.batch is not None and row.shape and row.shape[0] != row.batch
+    }
+    for value in model.graph.output:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in wrong and dims and dims[0].dim_param == "batch":
+            logger.info(
+                "output %r: dim 0 does not follow the batch size; symbol %s_dim0", value.name, value.name
+            )
+            dims[0].dim_param = f"{value.name}_dim0"
+
+
+def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(attr.g)
+            for sub in attr.graphs:
+                yield from _graphs(sub)
+
+
+def _tensor_names(model: onnx.ModelProto) -> set[str]:
+    names: set[str] = set()
+    for g in _graphs(model.graph):
+        for node in g.node:
+            names.update(node.input)
+            names.update(node.output)
+        for seq in (g.input, g.output, g.value_info, g.initializer):
+            names.update(item.name for item in seq)
+    names.discard("")
+    return names
 
 
 def _stable_dims(model: onnx.ModelProto) -> None:

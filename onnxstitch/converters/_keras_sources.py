@@ -177,7 +177,7 @@ def make_traced(
         out_names[:] = dedupe(names, taken=input_names)
         return {safe_out(i): t for i, t in enumerate(tensors)}
 
-    function = tf.function(graph_fn, input_signature=placeholder_specs(specs, tf), autograph=False)
+    function = tf.function(graph_fn, input_signature=placeholder_specs(specs, tf))
 
     def reference(*arrays: Any) -> list[np.ndarray[Any, Any]]:
         args = [tf.convert_to_tensor(a, dtype=s.dtype) for a, s in zip(arrays, specs, strict=True)]

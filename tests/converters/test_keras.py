@@ -387,6 +387,30 @@ def test_tf_function_signature_argument() -> None:
     assert_parity(converted, lambda v: [v * v])
 
 
+def test_concrete_function() -> None:
+    @tf.function
+    def scale(v: Any) -> Any:
+        return v * 3.0
+
+    concrete = scale.get_concrete_function(tf.TensorSpec((None, 2), tf.float32, name="v"))
+    converted = from_keras(concrete)
+    assert io_names(converted) == (["v"], ["output"])
+    assert_parity(converted, lambda v: [v * 3.0])
+
+
+def test_output_dim0_not_following_batch_is_not_called_batch() -> None:
+    @tf.function(input_signature=[tf.TensorSpec((None, 3), tf.float32, name="x")])
+    def flat(x: Any) -> Any:
+        return {"flat": tf.reshape(x, [-1]), "row_sums": tf.reduce_sum(x, axis=1)}
+
+    converted = from_keras(flat)
+    out = {v.name: dims(v) for v in converted.graph.output}
+    assert out["row_sums"] == ["batch"]
+    assert out["flat"] == ["flat_dim0"]
+    assert io_names(converted)[1] == ["flat", "row_sums"]  # the dict's order
+    assert_parity(converted, lambda x: [x.reshape(-1), x.sum(axis=1)])
+
+
 def test_tf_function_over_keras_model(cnn: Any) -> None:
     @tf.function(input_signature=[tf.TensorSpec((None, 8, 8, 3), tf.float32, name="img")])
     def probs(img: Any) -> Any:
