@@ -1,0 +1,100 @@
+"""Property: a merge of a random DAG of tiny parts computes what running the parts one by one computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+from compose_helpers import assert_valid, run
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import onnxstitch as ox
+
+UNARY = ["Relu", "Tanh", "Neg", "Abs", "Sigmoid", "Linear"]
+BINARY = ["Add", "Mul", "Sub"]
+VERSIONS = [(8, 15), (8, 17), (10, 18), (10, 20)]
+
+
+def _part(i: int, op: str, version: tuple[int, int]) -> onnx.ModelProto:
+    ir, opset = version
+    header = f'<ir_version: {ir}, opset_import: ["" : {opset}]>'
+    if op in BINARY:
+        sig = "(float[batch, 4] p, float[batch, 4] q) => (float[batch, 4] y)"
+        text = f"{header}\np{i} {sig} {{ y = {op}(p, q) }}"
+        return onnx.parser.parse_model(text)
+    if op != "Linear":
+        return onnx.parser.parse_model(f"{header}\np{i} (float[N, 4] x) => (float[N, 4] y) {{ y = {op}(x) }}")
+    model = onnx.parser.parse_model(
+        f"{header}\np{i} (float[batch, 4] x) => (float[batch, 4] y) {{ y = MatMul(x, W) }}"
+    )
+    weights = np.random.default_rng(i).standard_normal((4, 4)).astype(np.float32) / 2
+    model.graph.initializer.append(onnx.numpy_helper.from_array(weights, "W"))
+    return model
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> tuple[list[onnx.ModelProto], list[list[int]], bool, bool]:
+    n = draw(st.integers(min_value=1, max_value=5))
+    parts, sources = [], []
+    for i in range(n):
+        op = draw(st.sampled_from(UNARY + BINARY))
+        parts.append(_part(i, op, draw(st.sampled_from(VERSIONS))))
+        arity = 2 if op in BINARY else 1
+        sources.append([draw(st.integers(min_value=-1, max_value=i - 1)) for _ in range(arity)])
+    return parts, sources, draw(st.booleans()), draw(st.booleans())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dags())
+def test_random_dag_matches_parts_run_one_by_one(case):
+    parts, sources, share_input, name_outputs = case
+    keys = [f"p{i}" for i in range(len(parts))]
+    links, external = [], []
+    for i, (part, srcs) in enumerate(zip(parts, sources, strict=True)):
+        for vi, src in zip(part.graph.input, srcs, strict=True):
+            if src < 0:
+                external.append((keys[i], vi.name))
+            else:
+                links.append(f"p{src}:y->{keys[i]}:{vi.name}")
+    inputs = {"x": [f"{k}:{t}" for k, t in external]} if share_input and external else None
+    consumed = {link.split("->")[0].split(":")[0] for link in links}
+    outputs = {f"out{i}": f"{k}:y" for i, k in enumerate(keys)} if name_outputs else None
+    before = [p.SerializeToString() for p in parts]
+    merged = ox.merge(dict(zip(keys, parts, strict=True)), links, inputs=inputs, outputs=outputs)
+    assert [p.SerializeToString() for p in parts] == before
+    assert_valid(merged)
+
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal((3, 4)).astype(np.float32)
+    feeds = {
+        vi.name: (shared if inputs else rng.standard_normal((3, 4)).astype(np.float32))
+        for vi in merged.graph.input
+    }
+    got = run(merged, feeds)
+
+    merged_in = {end: name for name, ends in (inputs or {}).items() for end in ends}
+    values: dict[str, np.ndarray] = {}
+    free = [f"{k}:{t}" for k, t in external]
+    for i, (part, srcs) in enumerate(zip(parts, sources, strict=True)):
+        part_feeds = {}
+        for vi, src in zip(part.graph.input, srcs, strict=True):
+            end = f"{keys[i]}:{vi.name}"
+            if src >= 0:
+                part_feeds[vi.name] = values[f"p{src}"]
+            elif end in merged_in:
+                part_feeds[vi.name] = feeds[merged_in[end]]
+            else:
+                clean = (
+                    vi.name if sum(e.endswith(f":{vi.name}") for e in free) == 1 else f"{keys[i]}.{vi.name}"
+                )
+                part_feeds[vi.name] = feeds[clean]
+        values[keys[i]] = run(part, part_feeds)["y"]
+    if name_outputs:
+        expected = {f"out{i}": values[k] for i, k in enumerate(keys)}
+    else:
+        unlinked = [k for k in keys if k not in consumed]
+        expected = {("y" if len(unlinked) == 1 else f"{k}.y"): values[k] for k in unlinked}
+    assert set(got) == set(expected)
+    for name, want in expected.items():
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6)
