@@ -1,0 +1,170 @@
+"""The adapter around MLServer: request checks in its data plane, a fixed read-only repository,
+the REST middleware, and the server's life cycle."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import status
+from mlserver import MLServer
+from mlserver.errors import MLServerError, ModelNotFound
+from mlserver.handlers import DataPlane, ModelRepositoryHandlers
+from mlserver.parallel.errors import WorkerError
+from mlserver.repository import ModelRepository
+from mlserver.settings import ModelParameters, ModelSettings, Settings
+from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
+
+from onnxstitch import __version__
+from onnxstitch.errors import InputError
+from onnxstitch.runtime._feeds import TensorInfo
+from onnxstitch.runtime.serve._middleware import ProtocolMiddleware
+from onnxstitch.runtime.serve._protocol import decode_inputs
+from onnxstitch.runtime.serve._runtime import BadRequest, RunFailed, RunTimedOut, request_tensors
+from onnxstitch.runtime.serve._source import ServedModel
+
+__all__ = ["run_server"]
+
+logger = logging.getLogger(__name__)
+
+_OUR_ERRORS = {cls.__module__ + "." + cls.__name__: cls for cls in (BadRequest, RunTimedOut)}
+
+
+class _ValidatingDataPlane:
+    """MLServer's data plane, with every request to our model checked before it is queued."""
+
+    def __init__(self, inner: DataPlane, model_name: str, signature: list[TensorInfo]) -> None:
+        self._inner = inner
+        self._model_name = model_name
+        self._signature = signature
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def infer(
+        self, payload: InferenceRequest, name: str, version: str | None = None
+    ) -> InferenceResponse:
+        if name == self._model_name:
+            try:
+                decode_inputs(self._signature, request_tensors(payload))
+            except InputError as exc:
+                raise BadRequest(str(exc)) from None
+        try:
+            return await self._inner.infer(payload, name, version)
+        except WorkerError as exc:
+            raise _unwrap(exc, name) from None
+
+    async def infer_stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise MLServerError("streaming inference is not served; use /infer", status.HTTP_404_NOT_FOUND)
+
+
+def _unwrap(exc: WorkerError, name: str) -> MLServerError:
+    """Our own error raised in a worker process, without the class path MLServer prefixes."""
+    prefix, sep, message = str(exc).partition(": ")
+    cls = _OUR_ERRORS.get(prefix)
+    if sep and cls is not None:
+        return cls(message)  # type: ignore[no-any-return]
+    logger.error("model %r failed in a worker: %s", name, exc)
+    return RunFailed(f"model {name!r} failed while running the request (see the server log)")
+
+
+class _FixedRepository(ModelRepository):  # type: ignore[misc]
+    """The one model this server was started with."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self._settings = settings
+
+    async def list(self) -> list[ModelSettings]:
+        return [self._settings]
+
+    async def find(self, name: str) -> list[ModelSettings]:
+        if name != self._settings.name:
+            raise ModelNotFound(name)
+        return [self._settings]
+
+
+class _ReadOnlyRepositoryHandlers(ModelRepositoryHandlers):  # type: ignore[misc]
+    """Index as usual; ``load`` of the served model is a no-op, ``unload`` is refused."""
+
+    async def load(self, name: str) -> bool:
+        await self._repository.find(name)
+        return True
+
+    async def unload(self, name: str) -> bool:
+        await self._repository.find(name)
+        raise MLServerError(
+            f"model {name!r} cannot be unloaded: this server's repository is fixed at start",
+            status.HTTP_403_FORBIDDEN,
+        )
+
+
+class _Server(MLServer):  # type: ignore[misc]
+    def __init__(
+        self, settings: Settings, model: ModelSettings, signature: list[TensorInfo], hide: list[str]
+    ) -> None:
+        self._served_settings = model
+        self._signature = signature
+        self._hide = hide
+        super().__init__(settings)
+
+    def _create_servers(self) -> None:
+        self._data_plane = _ValidatingDataPlane(self._data_plane, self._served_settings.name, self._signature)
+        self._model_repository_handlers = _ReadOnlyRepositoryHandlers(
+            repository=_FixedRepository(self._served_settings), model_registry=self._model_registry
+        )
+        super()._create_servers()
+        self._rest_server._app.add_middleware(
+            ProtocolMiddleware, max_body_bytes=self._settings.grpc_max_message_length, hide=self._hide
+        )
+
+
+def _settings(
+    served: ServedModel, options: dict[str, Any], runtime: str, platform: str
+) -> tuple[Settings, ModelSettings]:
+    settings = Settings(
+        debug=False,
+        host=options["host"],
+        http_port=options["port"],
+        grpc_port=options["grpc_port"],
+        grpc_max_message_length=options["max_body_bytes"],
+        parallel_workers=options["workers"],
+        metrics_endpoint=None,
+        gzip_enabled=False,
+        cors_settings=None,
+        kafka_enabled=False,
+        tracing_server=None,
+        cache_enabled=False,
+        server_name="onnxstitch",
+        server_version=__version__,
+        model_repository_root=str(served.path.parent),
+        load_models_at_startup=False,
+    )
+    model = ModelSettings(
+        name=served.name,
+        implementation=runtime,
+        platform=platform,
+        versions=[served.version],
+        inputs=[MetadataTensor(**t) for t in options["inputs"]],
+        outputs=[MetadataTensor(**t) for t in options["outputs"]],
+        max_batch_size=options["max_batch_size"],
+        max_batch_time=options["max_batch_time"],
+        parameters=ModelParameters(uri=str(served.path), version=served.version, extra=options["extra"]),
+    )
+    return settings, model
+
+
+async def run_server(
+    served: ServedModel, signature: list[TensorInfo], options: dict[str, Any], *, runtime: str, platform: str
+) -> None:
+    """Start MLServer with the one model and return when it has stopped (SIGTERM/SIGINT)."""
+    settings, model = _settings(served, options, runtime, platform)
+    hide = sorted({str(served.path.parent), str(served.path.parent.parent)}, key=len, reverse=True)
+    server = _Server(settings, model, signature, hide)
+    logger.info(
+        "serving model %r on http://%s:%s and grpc %s",
+        served.name,
+        settings.host,
+        settings.http_port,
+        settings.grpc_port,
+    )
+    await server.start([model])

@@ -1,0 +1,200 @@
+"""What ``onnxstitch serve`` serves: a ``model.onnx`` file or a Triton model repository.
+
+A repository is the folder :func:`~onnxstitch.runtime.deploy.deploy_triton` writes
+(``DIR/NAME/config.pbtxt`` + ``DIR/NAME/<version>/model.onnx``); the model folder ``DIR/NAME``
+itself is accepted too. The config gives the model's name, ``max_batch_size`` and file name;
+the newest numeric version folder is served (Triton's default version policy, ``latest: 1``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from onnxstitch.errors import ServeError
+
+__all__ = ["NAME_PATTERN", "ServedModel", "check_model_name", "parse_model_config", "resolve_target"]
+
+logger = logging.getLogger(__name__)
+
+#: model names allowed in URLs and on disk: letters, digits, ``_``, ``-``, ``.``; starts alphanumeric.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_CONFIG = "config.pbtxt"
+_DEFAULT_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """The one model a server serves.
+
+    Attributes:
+        name: the model name clients use in ``/v2/models/<name>``.
+        path: the ``.onnx`` file.
+        version: the version string reported in metadata (the repository's version folder, or "1").
+        max_batch_size: the repository config's ``max_batch_size`` (0: no batching), or ``None``
+            for a bare model file.
+    """
+
+    name: str
+    path: Path
+    version: str
+    max_batch_size: int | None
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a safe model name.
+
+    Raises:
+        ServeError: the name has characters outside ``[A-Za-z0-9_.-]``, does not start with a
+            letter or digit, or is longer than 64 characters.
+    """
+    if not NAME_PATTERN.fullmatch(name):
+        raise ServeError(
+            f"model name {name!r} is not allowed",
+            hint="use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit",
+        )
+    return name
+
+
+def parse_model_config(text: str) -> dict[str, object]:
+    """Read ``name``, ``max_batch_size`` and ``default_model_filename`` from a ``config.pbtxt``.
+
+    Uses Triton's own ``ModelConfig`` schema (shipped with ``tritonclient``) when it is installed;
+    otherwise a minimal reader of those three top-level fields.
+
+    Raises:
+        ServeError: the text does not parse as a ``ModelConfig``.
+    """
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        return _parse_minimal(text)
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise ServeError(
+            f"{_CONFIG} is not a valid Triton ModelConfig: {exc}",
+            hint="write the repository with `onnxstitch deploy triton`",
+        ) from exc
+    return {
+        "name": config.name,
+        "max_batch_size": int(config.max_batch_size),
+        "default_model_filename": config.default_model_filename,
+    }
+
+
+_FIELD = re.compile(r'^\s*(name|max_batch_size|default_model_filename)\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+)\s*$')
+
+
+def _parse_minimal(text: str) -> dict[str, object]:
+    """The three top-level fields we need, read line by line (nested blocks are skipped)."""
+    found: dict[str, object] = {"name": "", "max_batch_size": 0, "default_model_filename": ""}
+    depth = 0
+    for line in text.splitlines():
+        code = line.split("#", 1)[0]
+        if depth == 0:
+            match = _FIELD.match(code)
+            if match:
+                key, raw = match.groups()
+                found[key] = int(raw) if key == "max_batch_size" else raw.strip('"')
+        depth += code.count("{") + code.count("[") - code.count("}") - code.count("]")
+        if depth < 0:
+            raise ServeError(
+                f"{_CONFIG} has unbalanced brackets", hint="write it with `onnxstitch deploy triton`"
+            )
+    if not isinstance(found["max_batch_size"], int) or int(found["max_batch_size"]) < 0:
+        raise ServeError(f"{_CONFIG}: max_batch_size must be a non-negative integer")
+    return found
+
+
+def _contained(path: Path, root: Path, *, what: str) -> Path:
+    """``path`` resolved, refusing a file whose real location is outside ``root``."""
+    real = path.resolve()
+    if not real.is_relative_to(root.resolve()):
+        raise ServeError(
+            f"{what} {path.name!r} resolves outside the repository",
+            hint="copy the model into the repository instead of linking to it",
+        )
+    return real
+
+
+def _pick_model_dir(repository: Path, name: str | None) -> Path:
+    if (repository / _CONFIG).is_file():
+        return repository
+    candidates = sorted(p for p in repository.iterdir() if p.is_dir() and (p / _CONFIG).is_file())
+    if name is not None:
+        candidates = [p for p in candidates if p.name == name]
+    if len(candidates) != 1:
+        names = ", ".join(p.name for p in candidates) or "none"
+        raise ServeError(
+            f"the repository {repository.name!r} must hold exactly one model with a {_CONFIG}; "
+            f"found: {names}",
+            hint="pass --name to choose one, or the model folder itself",
+        )
+    return candidates[0]
+
+
+def _resolve_repository(repository: Path, name: str | None) -> ServedModel:
+    model_dir = _pick_model_dir(repository, name)
+    config = parse_model_config((model_dir / _CONFIG).read_text(encoding="utf-8"))
+    config_name = str(config["name"] or model_dir.name)
+    if config_name != model_dir.name:
+        raise ServeError(
+            f"{_CONFIG} names the model {config_name!r} but its folder is {model_dir.name!r}",
+            hint="Triton requires them to agree; rename one of them",
+        )
+    filename = str(config["default_model_filename"] or _DEFAULT_FILE)
+    versions = sorted(
+        (
+            int(p.name)
+            for p in model_dir.iterdir()
+            if p.is_dir() and p.name.isdigit() and (p / filename).is_file()
+        ),
+        reverse=True,
+    )
+    if not versions:
+        raise ServeError(
+            f"model {model_dir.name!r} has no version folder with {filename!r}",
+            hint=f"expected {model_dir.name}/1/{filename}",
+        )
+    path = _contained(model_dir / str(versions[0]) / filename, model_dir, what="model file")
+    return ServedModel(
+        name=check_model_name(name or config_name),
+        path=path,
+        version=str(versions[0]),
+        max_batch_size=int(str(config["max_batch_size"])),
+    )
+
+
+def resolve_target(target: str | os.PathLike[str], *, name: str | None = None) -> ServedModel:
+    """Find the model to serve in ``target``: an ``.onnx`` file or a Triton repository folder.
+
+    Args:
+        target: the model file, a repository folder, or one model's folder in a repository.
+        name: the model name to serve under (default: the file's stem, or the repository's model;
+            in a repository with several models, the one to serve).
+
+    Returns:
+        The model's name, file, version and the repository's ``max_batch_size``.
+
+    Raises:
+        ServeError: the target does not exist, holds no (or several) models, its config is
+            invalid, or the name is not allowed.
+    """
+    path = Path(target)
+    if path.is_dir():
+        return _resolve_repository(path, name)
+    if not path.is_file():
+        raise ServeError(
+            f"{path.name!r} is neither a model file nor a repository folder",
+            hint="pass a .onnx file or a folder written by `onnxstitch deploy triton`",
+        )
+    default = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem).lstrip("_.-") or "model"
+    return ServedModel(
+        name=check_model_name(name or default), path=path.resolve(), version="1", max_batch_size=None
+    )
