@@ -29,7 +29,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -496,7 +496,7 @@ def concat(n: int, axis: int = -1, *, dtype: DTypeLike = "float32", rank: int = 
 
 
 # public adapter builders by name, for specs (``{adapter: transpose, perm: [0, 3, 1, 2]}``)
-BUILDERS = {
+BUILDERS: dict[str, Callable[..., onnx.ModelProto]] = {
     "transpose": transpose,
     "cast": cast,
     "reshape": reshape,
