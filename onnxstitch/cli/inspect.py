@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from onnxstitch.cli._common import console, print_json
 
@@ -34,7 +35,8 @@ def _signature_table(summary: dict[str, Any]) -> Table:
         table.add_column(column)
     for kind in ("inputs", "outputs"):
         for row in summary[kind]:
-            table.add_row(kind[:-1], row["name"], row["dtype"], _shape(row["shape"]), row["layout"] or "")
+            cells = (kind[:-1], row["name"], row["dtype"], _shape(row["shape"]), row["layout"] or "")
+            table.add_row(*(Text(c) for c in cells))
     return table
 
 
@@ -50,9 +52,13 @@ def _parts_table(parts: list[dict[str, Any]]) -> Table:
     for row in parts:
         ops = ", ".join(f"{op}×{n}" for op, n in list(row["op_types"].items())[:6])
         more = len(row["op_types"]) - 6
-        table.add_row(
-            row["part"], str(row["nodes"]), f"{row['parameters']:,}", ops + (f", +{more}" if more > 0 else "")
+        cells = (
+            row["part"],
+            str(row["nodes"]),
+            f"{row['parameters']:,}",
+            ops + (f", +{more}" if more > 0 else ""),
         )
+        table.add_row(*(Text(c) for c in cells))
     return table
 
 

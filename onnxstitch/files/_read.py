@@ -101,7 +101,7 @@ def _check_model(model: onnx.ModelProto, name: str) -> None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(
             f"{name} is not a valid ONNX model: {first}",
-            hint="re-export the model; `python -m onnx.checker` style errors name the node at fault",
+            hint="re-export the model; the checker's message above names the node or tensor at fault",
         ) from exc
 
 
