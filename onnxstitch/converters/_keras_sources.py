@@ -281,9 +281,24 @@ def load_keras_file(path: Path, *, trusted: bool) -> Any:
                 f"{str(path)!r}: Keras safe mode refused to load it: {exc}",
                 hint="convert a trusted model from code and pass the object, or pass trusted=True",
             ) from exc
-        raise ModelFileError(f"{str(path)!r}: Keras could not load the model: {exc}") from exc
-    except (OSError, TypeError, KeyError) as exc:
-        raise ModelFileError(f"{str(path)!r}: Keras could not load the model: {exc}") from exc
+        raise _load_error(path, exc) from exc
+    except (OSError, TypeError, KeyError, AttributeError) as exc:
+        raise _load_error(path, exc) from exc
+
+
+def _load_error(path: Path, exc: BaseException) -> ModelFileError:
+    """Keras' deserialization errors embed whole configs: keep the innermost reason only."""
+    text = str(exc)
+    marker = "Exception encountered: "
+    reason = text[text.rindex(marker) + len(marker) :] if marker in text else text
+    reason = reason.split("Full object config:")[0].strip()
+    if len(reason) > 600:
+        reason = reason[:600] + " ..."
+    return ModelFileError(
+        f"{str(path)!r}: Keras could not load the model: {reason}",
+        hint="custom layers must be registered (@keras.saving.register_keras_serializable) and imported "
+        "before loading; or build the model in Python and pass the object",
+    )
 
 
 # ----------------------------------------------------------------------------------- Keras models

@@ -8,8 +8,10 @@ independently, with onnxruntime against the native model at batch 1 and 7.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -331,6 +333,29 @@ def test_trusted_file_runs_lambda(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert marker.exists()  # trusted=True really runs the stored code
     assert io_names(converted) == (["x"], ["y"])
     assert_parity(converted, keras_native(model))
+
+
+def test_keras_file_with_function_gadget_refused(tmp_path: Path, files: Path) -> None:
+    """A config that names ``os.system`` as an activation is not resolved (Keras safe mode)."""
+    with zipfile.ZipFile(files / "cnn.keras") as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(members["config.json"])
+    for layer in config["config"]["layers"]:
+        if layer["class_name"] == "Dense":
+            layer["config"]["activation"] = {
+                "module": "os",
+                "class_name": "function",
+                "config": "system",
+                "registered_name": "function",
+            }
+    members["config.json"] = json.dumps(config).encode()
+    path = tmp_path / "gadget.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    with pytest.raises(ModelFileError, match="system") as info:
+        from_keras(path, validate=False)
+    assert len(str(info.value)) < 1500  # the reason, not Keras' whole config dump
 
 
 def test_saved_model_directory(files: Path, cnn: Any) -> None:
