@@ -5,7 +5,7 @@ PYTHON ?= python3
 PIP = $(PYTHON) -m pip
 STAMP = .install.stamp
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench deploy-env
 
 # torch==2.13.0 first: a bare "torch" requirement would resolve a multi-GB CUDA build.
 $(STAMP): setup.cfg pyproject.toml
@@ -27,3 +27,11 @@ lint: install
 
 bench: install
 	$(PYTHON) scripts/bench/run_all.py
+
+# a separate virtualenv with the real Triton server (PyTriton, numpy<2) and the KServe SDK, used by
+# tests/deploy/test_real_servers.py (skipped when missing, required in CI)
+deploy-env: .venv-deploy/bin/python
+
+.venv-deploy/bin/python:
+	$(PYTHON) -m venv .venv-deploy
+	.venv-deploy/bin/python -m pip install -q nvidia-pytriton==0.7.0 'numpy<2' onnxruntime kserve==0.21.0 pyyaml

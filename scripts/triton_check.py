@@ -14,7 +14,7 @@ Triton server binary with its python backend. This script
 4. sends requests with ``tritonclient`` (HTTP, binary tensors; sequential and concurrent) and checks
    each answer equals a local ``ox.Session``, and that the batcher really formed batches.
 
-The server runs in its own virtualenv (``--venv``, default ``.venv-triton``; created when missing):
+The server runs in its own virtualenv (``--venv``, default ``.venv-deploy``; created when missing):
 PyTriton 0.7 needs ``numpy<2``. Usage::
 
     python3 scripts/triton_check.py [MODEL.onnx] [--venv DIR] [--json]
@@ -45,7 +45,8 @@ import onnx.parser
 import onnxstitch as ox
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_REQUIREMENTS = ["nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime"]
+# one venv for both real-server checks: Triton core (PyTriton, numpy<2) and the KServe SDK
+VENV_REQUIREMENTS = ["nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime", "kserve==0.21.0", "pyyaml"]
 
 MODEL_PY = '''
 """Generic onnxruntime model for Triton's python backend (written by scripts/triton_check.py)."""
@@ -113,8 +114,8 @@ def demo_model() -> onnx.ModelProto:
             w = Constant <value = float[4, 3] {0.5, -1, 2, 0.25, 1, -0.5, 3, 0, 1, -2, 0.5, 1}> ()
             m = MatMul (x, w)
             y = Tanh (m)
-            s = ReduceSum <keepdims = 0> (k, axes_1)
             axes_1 = Constant <value = int64[1] {1}> ()
+            s = ReduceSum <keepdims = 0> (k, axes_1)
         }"""
     )
 
@@ -259,7 +260,7 @@ def check(model_path: Path | None, venv: Path, name: str = "hybrid") -> dict[str
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", nargs="?", type=Path, help="an .onnx model (default: a built-in one)")
-    parser.add_argument("--venv", type=Path, default=ROOT / ".venv-triton")
+    parser.add_argument("--venv", type=Path, default=ROOT / ".venv-deploy")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args()
     summary = check(args.model, args.venv)

@@ -1,0 +1,96 @@
+"""The artefacts we write, checked by the real consumers: the Triton core and the KServe SDK.
+
+Both live in a separate virtualenv (``make deploy-env`` → ``.venv-deploy``; PyTriton needs numpy<2).
+Without it these tests skip, unless ``ONNXSTITCH_REQUIRE_DEPLOY_ENV=1`` (set by CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import onnxstitch as ox
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_PY = ROOT / ".venv-deploy" / "bin" / "python"
+
+
+def _require_env() -> None:
+    if not VENV_PY.exists():
+        if os.environ.get("ONNXSTITCH_REQUIRE_DEPLOY_ENV") == "1":
+            pytest.fail("ONNXSTITCH_REQUIRE_DEPLOY_ENV=1 but .venv-deploy is missing: run `make deploy-env`")
+        pytest.skip("no .venv-deploy: run `make deploy-env` for the real Triton core and KServe SDK checks")
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.serve
+@pytest.mark.timeout(300)
+def test_real_triton_core_serves_the_repository_we_write(tmp_path: Path):
+    _require_env()
+    triton_check = _script("triton_check")
+    model_path = tmp_path / "model.onnx"
+    ox.save(triton_check.demo_model(), model_path)
+    summary = triton_check.check(model_path, ROOT / ".venv-deploy")
+    assert summary["ok"] is True
+    assert summary["config_max_batch_size"] == 64
+    assert summary["max_abs_error"] <= 1e-6
+    # concurrent requests were grouped by Triton's dynamic batcher into larger batches
+    assert summary["batcher_formed_batches"] is True, summary["executed_batch_sizes"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ({}, {"runtime": "kserve-tritonserver", "min_replicas": 1, "max_replicas": 1}),
+        ({"min_replicas": 0, "max_replicas": 8, "gpus": 1, "runtime": None}, {"runtime": None}),
+    ],
+)
+def test_kserve_sdk_accepts_the_manifest(tmp_path: Path, args: dict, expected: dict):
+    _require_env()
+    out = tmp_path / "isvc.yaml"
+    ox.deploy_kserve("s3://models/repository", out, name="hybrid", **args)
+    proc = subprocess.run(
+        [str(VENV_PY), str(ROOT / "scripts" / "kserve_check.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["kind"] == "V1beta1InferenceService"
+    assert summary["model_format"] == "onnx"
+    assert summary["protocol_version"] == "v2"
+    assert summary["storage_uri"] == "s3://models/repository"
+    assert summary["every_field_kept"] is True
+    for key, value in expected.items():
+        assert summary[key] == value
+
+
+def test_kserve_check_fails_on_a_field_the_sdk_does_not_know(tmp_path: Path):
+    _require_env()
+    out = tmp_path / "isvc.yaml"
+    text = ox.deploy_kserve("s3://m/r", name="hybrid").replace("minReplicas", "minReplica")
+    out.write_text(text)
+    proc = subprocess.run(
+        [str(VENV_PY), str(ROOT / "scripts" / "kserve_check.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["every_field_kept"] is False
