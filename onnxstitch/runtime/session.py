@@ -110,7 +110,10 @@ class Session:
         fp16: convert the model to float16 inside, keeping float32 inputs and outputs.
         shared_threads: run on onnxruntime's process-wide thread pool instead of a pool of its own,
             so several sessions in one process do not steal each other's cores. The pool is created
-            with the first such session's ``threads``.
+            with the first such session's ``threads``; once it exists, onnxruntime requires every
+            later session of the process to share it, so later sessions join it too.
+        spinning: let idle intra-op threads spin (fastest for one session alone); turn it off when
+            several sessions or frameworks share the cores.
 
     Raises:
         DeviceError: the device is unknown or unavailable.
@@ -126,6 +129,7 @@ class Session:
         optimization: str = "all",
         fp16: bool = False,
         shared_threads: bool = False,
+        spinning: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -146,13 +150,17 @@ class Session:
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[optimization]
-        if shared_threads:
+        if shared_threads or _global_pool_threads is not None:
+            if not shared_threads:
+                logger.info("the process-wide thread pool exists; onnxruntime makes every session share it")
             _use_global_pool(threads)
             options.use_per_session_threads = False
         else:
             options.inter_op_num_threads = 1
             if threads is not None:
                 options.intra_op_num_threads = threads
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         provider_options = [{"device_id": str(device_id)} if p in (_CUDA, _TRT) else {} for p in providers]
         source = self._source(model_or_path)
         started = time.perf_counter()

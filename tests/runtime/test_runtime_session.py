@@ -285,6 +285,8 @@ def test_shared_threads_in_fresh_process(mlp_path: Any) -> None:
         f"b = Session({str(mlp_path)!r}, device='cpu', threads=1, shared_threads=True)\n"
         "x = np.ones((2, 4), np.float32)\n"
         "assert (a.run({'x': x})['y'] == b.run({'x': x})['y']).all()\n"
+        f"c = Session({str(mlp_path)!r}, device='cpu', threads=1)\n"
+        "assert (a.run({'x': x})['y'] == c.run({'x': x})['y']).all()\n"
         "print('ok', a.run({'x': x})['y'].shape)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -314,3 +316,14 @@ def test_cuda_fp16(cuda: None, mlp_model: onnx.ModelProto, mlp_ref: Any) -> None
     session = Session(mlp_model, device="cuda", fp16=True)
     x = np.random.default_rng(8).standard_normal((6, 4)).astype(np.float32)
     np.testing.assert_allclose(session.run({"x": x})["y"], mlp_ref(x), rtol=1e-2, atol=1e-2)
+
+
+def test_spinning_option(mlp_model: onnx.ModelProto, mlp_ref: Any) -> None:
+    x = np.random.default_rng(12).standard_normal((3, 4)).astype(np.float32)
+    key = "session.intra_op.allow_spinning"
+    off = Session(mlp_model, device="cpu", threads=1, spinning=False)
+    assert off._sess.get_session_options().get_session_config_entry(key) == "0"
+    np.testing.assert_allclose(off.run({"x": x})["y"], mlp_ref(x), rtol=1e-5, atol=1e-6)
+    on = Session(mlp_model, device="cpu", threads=1)
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # onnxruntime's default: spin
+        on._sess.get_session_options().get_session_config_entry(key)
