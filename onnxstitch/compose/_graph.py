@@ -29,12 +29,26 @@ log = logging.getLogger(__name__)
 ADAPTER_SUFFIX = ".adapter"
 
 
+_SAMPLE = 1 << 16
+
+
+@dataclass
+class _Stored:
+    index: int
+    sample: bytes
+    digest: bytes | None = None
+
+
 @dataclass
 class _Weights:
-    """Initializers of the merged graph, deduplicated by (dtype, dims, bytes)."""
+    """Initializers of the merged graph, deduplicated by (dtype, dims, bytes).
+
+    Candidates are bucketed by dtype and dims and first compared by a cheap sample digest (length,
+    first and last 64 KiB); the full sha256 is computed only when the samples match.
+    """
 
     graph: onnx.GraphProto
-    buckets: dict[tuple[int, tuple[int, ...]], list[tuple[int, bytes | None]]] = field(default_factory=dict)
+    buckets: dict[tuple[int, tuple[int, ...]], list[_Stored]] = field(default_factory=dict)
     shared: int = 0
 
     def add(
@@ -45,35 +59,43 @@ class _Weights:
         External data is read from the part's own ``folder`` and stored inline.
         """
         data = read_external(key, tensor, folder) if is_external(tensor) else None
+        payload = data if data is not None else _payload(tensor)
+        sample = _sample(payload)
         bucket = self.buckets.setdefault((tensor.data_type, tuple(tensor.dims)), [])
         digest: bytes | None = None
-        if bucket and dedupe:
-            digest = hashlib.sha256(data).digest() if data is not None else _digest(tensor)
-            for i, (index, other) in enumerate(bucket):
-                if other is None:
-                    other = _digest(self.graph.initializer[index])
-                    bucket[i] = (index, other)
-                if other == digest:
-                    self.shared += 1
-                    return str(self.graph.initializer[index].name)
+        for entry in bucket if dedupe else []:
+            if entry.sample != sample:
+                continue
+            digest = digest or hashlib.sha256(payload).digest()
+            if entry.digest is None:
+                entry.digest = hashlib.sha256(_payload(self.graph.initializer[entry.index])).digest()
+            if entry.digest == digest:
+                self.shared += 1
+                return str(self.graph.initializer[entry.index].name)
         stored = self.graph.initializer.add()
         if data is not None:
             inline_copy(tensor, data, name, stored)
         else:
             stored.CopyFrom(tensor)
             stored.name = name
-        bucket.append((len(self.graph.initializer) - 1, digest))
+        bucket.append(_Stored(len(self.graph.initializer) - 1, sample, digest))
         return name
 
 
-def _digest(tensor: onnx.TensorProto) -> bytes:
+def _payload(tensor: onnx.TensorProto) -> bytes:
+    """The bytes that define a tensor's value (raw data, or the serialized typed fields)."""
     if tensor.HasField("raw_data"):
-        return hashlib.sha256(tensor.raw_data).digest()
+        return bytes(tensor.raw_data)
     bare = onnx.TensorProto()
     bare.CopyFrom(tensor)
     bare.ClearField("name")
     bare.ClearField("doc_string")
-    return hashlib.sha256(bare.SerializeToString(deterministic=True)).digest()
+    return bare.SerializeToString(deterministic=True)
+
+
+def _sample(payload: bytes) -> bytes:
+    head, tail = payload[:_SAMPLE], payload[-_SAMPLE:]
+    return hashlib.sha256(len(payload).to_bytes(8, "little") + head + tail).digest()
 
 
 def _renamer(key: str, overrides: Mapping[str, str]) -> Callable[[str], str]:

@@ -204,11 +204,25 @@ def split_weights(source: onnx.ModelProto) -> tuple[onnx.ModelProto, list[onnx.T
     dst.sparse_initializer.extend(src.sparse_initializer)
     weights: list[onnx.TensorProto] = []
     for tensor in src.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.ByteSize() > BIG_TENSOR_BYTES:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor_bytes(tensor) > BIG_TENSOR_BYTES:
             weights.append(tensor)
         else:
             dst.initializer.append(tensor)
     return skeleton, weights
+
+
+def tensor_bytes(tensor: onnx.TensorProto) -> int:
+    """The size of a tensor's data, without touching the data (``ByteSize`` walks it: slow on big ones)."""
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return int(tensor.ByteSize())
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return int(tensor.ByteSize())
+    return int(count * itemsize)
 
 
 def _convert(

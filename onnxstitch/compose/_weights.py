@@ -20,6 +20,7 @@ import onnx
 import onnx.checker
 import onnx.helper
 
+from onnxstitch.compose._versions import tensor_bytes
 from onnxstitch.errors import ModelFileError, UnsafeModelError
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def check_merged(model: onnx.ModelProto) -> None:
     for name in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(graph, name).extend(getattr(src, name))
     for tensor in src.initializer:
-        if tensor.ByteSize() > CHECK_INLINE_BYTES or is_external(tensor):
+        if is_external(tensor) or tensor_bytes(tensor) > CHECK_INLINE_BYTES:
             graph.input.append(
                 onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
             )
