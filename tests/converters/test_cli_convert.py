@@ -1,0 +1,294 @@
+"""``onnxstitch convert torch|keras|tensorflow`` end to end (CliRunner, and once the real console script)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from onnxstitch import _meta
+from onnxstitch.cli import app
+from onnxstitch.cli.convert import parse_dynamic, parse_layouts, parse_tensor_spec
+from onnxstitch.converters._common import value_dims
+from onnxstitch.errors import StitchError
+
+runner = CliRunner()
+
+FACTORY = """
+import torch
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+
+    def forward(self, image, extra):
+        return self.conv(image).mean((2, 3)) + extra
+
+
+def build():
+    torch.manual_seed(0)
+    return Net()
+
+
+instance = build()
+not_a_module = 42
+
+
+def broken():
+    raise RuntimeError("no weights here")
+"""
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cwd holding a uniquely named factory module (so imports do not collide between tests)."""
+    name = f"factory_{uuid.uuid4().hex[:12]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(FACTORY))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path / name
+
+
+def _dims(model: onnx.ModelProto) -> dict[str, list[Any]]:
+    return {v.name: value_dims(v) for v in [*model.graph.input, *model.graph.output]}
+
+
+def _invoke(*args: str) -> Any:
+    return runner.invoke(app, list(args))
+
+
+def _err(result: Any) -> str:
+    """stderr with the console's line wrapping undone."""
+    return " ".join(result.stderr.split())
+
+
+# ------------------------------------------------------------------------------------------ torch
+def test_convert_torch_writes_model_and_summary(workdir: Path) -> None:
+    out = workdir.parent / "net.onnx"
+    result = _invoke(
+        "convert",
+        "torch",
+        f"{workdir.name}:build",
+        "-e",
+        "image=1x3x8x8:float32",
+        "-e",
+        "extra=1x4",
+        "-o",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    model = onnx.load(str(out))
+    assert _dims(model) == {"image": ["batch", 3, 8, 8], "extra": ["batch", 4], "output": ["batch", 4]}
+    assert _meta.get_layouts(model) == {"image": "NCHW"} and _meta.get_source(model) == "torch"
+    assert "parameters: 112" in result.stdout
+    assert "parity: ✓ matches the native model at batch 1, 7" in result.stdout
+    assert "image: float32[batch, 3, 8, 8] NCHW" in result.stdout
+    assert sorted(p.name for p in workdir.parent.iterdir() if p.suffix != ".py") == ["net.onnx"]
+
+
+def test_convert_torch_options_and_json(workdir: Path) -> None:
+    out = workdir.parent / "net.onnx"
+    result = _invoke(
+        "convert",
+        "torch",
+        f"{workdir.name}:instance",  # a module object, not a factory
+        "-e",
+        "2x3x8x8",
+        "-e",
+        "2x4:float32",
+        "--dynamic",
+        "image:0=n",
+        "--dynamic",
+        "extra:0=n",
+        "--output-name",
+        "score",
+        "--layout",
+        "image=NHWC",
+        "--no-validate",
+        "--json",
+        "-o",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["inputs"] == [
+        {"name": "image", "dtype": "float32", "shape": ["n", 3, 8, 8]},
+        {"name": "extra", "dtype": "float32", "shape": ["n", 4]},
+    ]
+    assert info["outputs"] == [{"name": "score", "dtype": "float32", "shape": ["n", 4]}]
+    assert info["layouts"] == {"image": "NHWC"} and info["validated"] is False and info["parameters"] == 112
+    assert _dims(onnx.load(str(out)))["score"] == ["n", 4]
+
+
+def test_convert_torch_static_opset_input_names(workdir: Path) -> None:
+    out = workdir.parent / "net.onnx"
+    result = _invoke(
+        "convert",
+        "torch",
+        f"{workdir.name}:build",
+        "-e",
+        "3x3x8x8",
+        "-e",
+        "3x4",
+        "--static",
+        "--opset",
+        "18",
+        "--input-name",
+        "pixels",
+        "--input-name",
+        "side",
+        "--rtol",
+        "1e-5",
+        "--atol",
+        "1e-6",
+        "-o",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    model = onnx.load(str(out))
+    assert _dims(model) == {"pixels": [3, 3, 8, 8], "side": [3, 4], "output": [3, 4]}
+    assert {o.domain: o.version for o in model.opset_import}[""] == 18
+    assert "at batch 3 (rtol=1e-05, atol=1e-06)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-e", "image=1x3x8x8:nope", "-e", "extra=1x4"], "needs static dims and a torch dtype"),
+        (["-e", "image=1xAx8", "-e", "extra=1x4"], "is not of the form name=DIMxDIM"),
+        (["-e", "image=1x3x8x8", "-e", "1x4"], "name every input or none"),
+        (["-e", "1x3x8x8", "-e", "1x4", "--static", "--dynamic", "image:0=n"], "exclude each other"),
+        (["-e", "1x3x8x8", "-e", "1x4", "--dynamic", "image0=n"], "input:axis=symbol"),
+        (["-e", "1x3x8x8", "-e", "1x4", "--layout", "image=CHW"], "tensor=NCHW|NHWC"),
+        (["-e", "1x3x8x8", "-e", "1x4", "--dynamic", "nope:0=n"], "'nope' is not an input"),
+    ],
+)
+def test_convert_torch_bad_options_exit_1(workdir: Path, args: list[str], message: str) -> None:
+    result = _invoke("convert", "torch", f"{workdir.name}:build", *args, "-o", "x.onnx")
+    assert result.exit_code == 1, result.output
+    assert "error:" in result.stderr and message in _err(result)
+    assert "Traceback" not in result.output
+    assert not (workdir.parent / "x.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("attr", "message"),
+    [
+        ("not_a_module", "neither an nn.Module nor a callable"),
+        ("broken", "calling the factory"),
+        ("missing", "has no attribute 'missing'"),
+    ],
+)
+def test_convert_torch_bad_factory_exit_1(workdir: Path, attr: str, message: str) -> None:
+    result = _invoke("convert", "torch", f"{workdir.name}:{attr}", "-e", "1x3x8x8", "-o", "x.onnx")
+    assert result.exit_code == 1 and message in _err(result), result.output
+
+
+def test_convert_torch_pt2_needs_trusted(tmp_path: Path) -> None:
+    pt2 = tmp_path / "m.pt2"
+    pt2.write_bytes(b"PK")  # never opened without --trusted
+    result = _invoke("convert", "torch", str(pt2), "-o", str(tmp_path / "m.onnx"))
+    assert result.exit_code == 1 and "--trusted" in _err(result) and "run arbitrary code" in _err(result)
+
+
+def test_convert_usage_error_exit_2(workdir: Path) -> None:
+    assert _invoke("convert", "torch", f"{workdir.name}:build").exit_code == 2  # no -o
+    assert _invoke("convert", "pytorch", "x", "-o", "y.onnx").exit_code == 2  # no such source
+
+
+def test_real_console_script(workdir: Path) -> None:
+    exe = shutil.which("onnxstitch")
+    command = [exe] if exe else [sys.executable, "-m", "onnxstitch"]
+    out = workdir.parent / "cli.onnx"
+    proc = subprocess.run(
+        [*command, "convert", "torch", f"{workdir.name}:build", "-e", "1x3x8x8", "-e", "1x4", "-o", str(out)],
+        cwd=workdir.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "parity: ✓" in proc.stdout
+    assert [v.name for v in onnx.load(str(out)).graph.output] == ["output"]
+
+
+# ------------------------------------------------------------------------------------ keras / tf
+@pytest.fixture(scope="module")
+def keras_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, keras.layers.Dense(3, name="probs")(x))
+    folder = tmp_path_factory.mktemp("keras")
+    model.save(folder / "dense.keras")
+    model.export(str(folder / "saved"), verbose=False)
+    sequential = keras.Sequential([keras.layers.Dense(2, name="dense")])  # no Input: no input names
+    sequential.build((None, 5))
+    sequential.save(folder / "seq.keras")
+    return folder
+
+
+def test_convert_keras_file(keras_files: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dense.onnx"
+    result = _invoke("convert", "keras", str(keras_files / "dense.keras"), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert _dims(onnx.load(str(out))) == {"x": ["batch", 4], "probs": ["batch", 3]}
+    assert "parity: ✓" in result.stdout
+
+
+def test_convert_keras_with_signature_and_json(keras_files: Path, tmp_path: Path) -> None:
+    out = tmp_path / "seq.onnx"
+    result = _invoke(
+        "convert", "keras", str(keras_files / "seq.keras"), "-s", "feats=Nx5:float32", "--opset", "17",
+        "--json", "-o", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["inputs"] == [{"name": "feats", "dtype": "float32", "shape": ["batch", 5]}]
+    assert info["opset"]["ai.onnx"] == 17 and info["validated"] is True
+
+
+def test_convert_tensorflow_saved_model(keras_files: Path, tmp_path: Path) -> None:
+    out = tmp_path / "saved.onnx"
+    result = _invoke(
+        "convert", "tensorflow", str(keras_files / "saved"), "--layout", "x=NHWC", "-o", str(out)
+    )
+    assert result.exit_code == 1 and "rank 2" in _err(result)  # a layout needs a rank-4 tensor
+    result = _invoke("convert", "tensorflow", str(keras_files / "saved"), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    model = onnx.load(str(out))
+    assert [v.name for v in model.graph.input] == ["x"] and value_dims(model.graph.output[0]) == ["batch", 3]
+    assert _meta.get_source(model) == "keras"
+
+
+# ------------------------------------------------------------------------------------------ parsing
+def test_parsers() -> None:
+    assert parse_tensor_spec("image=1x3x224x224:float16", option="-e") == (
+        "image",
+        [1, 3, 224, 224],
+        "float16",
+    )
+    assert parse_tensor_spec("Nx4", option="-s") == (None, [None, 4], "float32")
+    assert parse_tensor_spec("t=?x7:int64", option="-s") == ("t", [None, 7], "int64")
+    assert parse_dynamic(["a:0=batch", "a:-1=seq", "b:0=batch"]) == {
+        "a": {0: "batch", -1: "seq"},
+        "b": {0: "batch"},
+    }
+    assert parse_layouts(["x=NCHW", "y=NHWC"]) == {"x": "NCHW", "y": "NHWC"} and parse_layouts(None) is None
+    for bad in ("", "x=", "x=1x:float32", "x=1x2:float:32"):
+        with pytest.raises(StitchError):
+            parse_tensor_spec(bad, option="-e")
+    np.testing.assert_equal(parse_tensor_spec("1", option="-e")[1], [1])
