@@ -191,6 +191,8 @@ class ProtocolMiddleware:
             await self._send_error(send, 400, str(exc))
             return
         binary: set[str] | bool = set()
+        if scope["path"] == "/v2/repository/index" and not body.strip():
+            body = b"{}"  # tritonclient sends no body; MLServer wants a JSON object
         if scope["method"] == "POST" and _INFER.match(scope["path"]):
             try:
                 raw_length = headers.get(_HEADER_LENGTH)
@@ -261,7 +263,8 @@ class ProtocolMiddleware:
         status = int(start.get("status", 500))
         out = b"".join(parts)
         if status >= 400:
-            await self._send_error(send, status, _error_message(status, out))
+            # FastAPI answers a body it cannot validate with 422; to clients that is a bad request
+            await self._send_error(send, 400 if status == 422 else status, _error_message(status, out))
             return
         headers = [(k, v) for k, v in start.get("headers", []) if k.lower() not in (b"content-length",)]
         if status == 200 and binary:

@@ -41,6 +41,13 @@ class _ValidatingDataPlane:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    async def ready(self) -> bool:
+        """Ready once the served model is loaded (MLServer says ready with no model loaded yet)."""
+        try:
+            return bool(await self._inner.model_ready(self._model_name))
+        except ModelNotFound:
+            return False
+
     async def infer(
         self, payload: InferenceRequest, name: str, version: str | None = None
     ) -> InferenceResponse:

@@ -8,11 +8,13 @@ the newest numeric version folder is served (Triton's default version policy, ``
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from onnxstitch.errors import ServeError
 
@@ -68,11 +70,11 @@ def parse_model_config(text: str) -> dict[str, object]:
     Raises:
         ServeError: the text does not parse as a ``ModelConfig``.
     """
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError:
+    model_config_pb2 = _model_config_module()
+    if model_config_pb2 is None:
         return _parse_minimal(text)
+    from google.protobuf import text_format
+
     config = model_config_pb2.ModelConfig()
     try:
         text_format.Parse(text, config)
@@ -87,6 +89,37 @@ def parse_model_config(text: str) -> dict[str, object]:
         "default_model_filename": config.default_model_filename,
     }
 
+
+def _model_config_module() -> Any:
+    """``tritonclient/grpc/model_config_pb2.py`` loaded on its own, or ``None`` without tritonclient.
+
+    Importing ``tritonclient.grpc`` would also register Triton's ``inference.*`` service messages,
+    which collide with MLServer's copy of the same protocol in protobuf's descriptor pool
+    ("duplicate symbol 'inference.ServerLiveRequest'"); the config schema alone does not.
+    """
+    global _MODEL_CONFIG
+    if _MODEL_CONFIG is not False:
+        return _MODEL_CONFIG
+    _MODEL_CONFIG = None
+    try:
+        found = importlib.util.find_spec("tritonclient")
+    except (ImportError, ValueError):
+        found = None
+    if found is not None and found.submodule_search_locations:
+        path = Path(next(iter(found.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+        spec = importlib.util.spec_from_file_location("_onnxstitch_triton_model_config_pb2", path)
+        if path.is_file() and spec is not None and spec.loader is not None:
+            module = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(module)
+            except (ImportError, TypeError) as exc:  # protobuf too old/new for the generated code
+                logger.debug("Triton's ModelConfig schema unavailable (%s); using the minimal reader", exc)
+            else:
+                _MODEL_CONFIG = module
+    return _MODEL_CONFIG
+
+
+_MODEL_CONFIG: Any = False
 
 _FIELD = re.compile(r'^\s*(name|max_batch_size|default_model_filename)\s*:\s*("(?:[^"\\]|\\.)*"|-?\d+)\s*$')
 
