@@ -1,0 +1,156 @@
+"""The shared converter plumbing (onnxstitch.converters._common) on tiny ONNX-text models."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import parser
+
+from onnxstitch import _meta
+from onnxstitch.converters import _common
+from onnxstitch.errors import (
+    ConversionError,
+    MissingDependencyError,
+    StitchError,
+    ValidationError,
+    VersionError,
+)
+
+TWO_IN = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[s0, 3] x, float[s77, s9] y) => (float[unk__19, 3] z, float[s9, s77] t, float[2, 3] c) {
+  z = Add(x, x)
+  t = Transpose<perm = [1, 0]>(y)
+  c = Constant<value = float[2, 3] {1, 2, 3, 4, 5, 6}>()
+}
+"""
+
+IMAGE = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[N, 3, 4, 4] image, float[N, 2] v) => (float[N, 3, 4, 4] out, float[N, 2] w) {
+  out = Relu(image)
+  w = Identity(v)
+}
+"""
+
+
+def _model(text: str) -> onnx.ModelProto:
+    return parser.parse_model(text)
+
+
+def _dims(model: onnx.ModelProto) -> dict[str, list[object]]:
+    return {v.name: _common.value_dims(v) for v in [*model.graph.input, *model.graph.output]}
+
+
+def test_unify_batch_dim_renames_inputs_and_unlinked_outputs() -> None:
+    model = _common.unify_batch_dim(_model(TWO_IN))
+    assert _dims(model) == {
+        "x": ["batch", 3],
+        "y": ["batch", "s9"],
+        "z": ["batch", 3],  # tf2onnx-style unlinked unk__19 -> batch
+        "t": ["s9", "batch"],  # dim 0 is another input's axis: kept; s77 followed y's rename
+        "c": [2, 3],  # static: never touched
+    }
+
+
+def test_unify_batch_dim_keeps_static_inputs() -> None:
+    text = TWO_IN.replace("float[s0, 3] x", "float[5, 3] x").replace("float[s77, s9] y", "float[5, 4] y")
+    model = _common.unify_batch_dim(_model(text.replace("float[s9, s77] t", "float[4, 5] t")))
+    assert _dims(model)["x"] == [5, 3] and _dims(model)["z"] == ["unk__19", 3]  # nothing to tie to
+
+
+def test_rename_dims_inside_expressions_and_value_info() -> None:
+    model = _model(TWO_IN)
+    model.graph.value_info.append(
+        onnx.helper.make_tensor_value_info("v", onnx.TensorProto.FLOAT, ["2*s0", "s0 - 1"])
+    )
+    _common.rename_dims(model, {"s0": "batch", "s9": "seq"})
+    assert _common.value_dims(model.graph.value_info[0]) == ["2*batch", "batch - 1"]
+    assert _dims(model)["y"] == ["s77", "seq"]
+
+
+def test_rename_tensors_everywhere_and_refuses_clashes() -> None:
+    model = _common.rename_tensors(_model(TWO_IN), {"x": "features", "z": "doubled"})
+    assert [v.name for v in model.graph.input] == ["features", "y"]
+    assert (
+        list(model.graph.node[0].input) == ["features", "features"]
+        and model.graph.node[0].output[0] == "doubled"
+    )
+    onnx.checker.check_model(model, full_check=True)
+    with pytest.raises(ConversionError, match="already taken"):
+        _common.rename_tensors(_model(TWO_IN), {"x": "y"})
+
+
+def test_clean_name() -> None:
+    assert _common.clean_name("dense:0") == "dense" and _common.clean_name("x:1") == "x:1"
+
+
+def test_record_layouts_and_errors() -> None:
+    model = _common.record_layouts(_model(IMAGE), {"image": "NCHW", "out": "NHWC"})
+    assert _meta.get_layouts(model) == {"image": "NCHW", "out": "NHWC"}
+    with pytest.raises(ConversionError) as info:
+        _common.record_layouts(_model(IMAGE), {"nope": "NCHW", "v": "NCHW", "image": "CHW"})
+    text = str(info.value)  # every problem at once
+    assert "'nope' is not a graph input or output" in text and "rank 2" in text and "'CHW'" in text
+
+
+def test_set_producer() -> None:
+    model = _model(IMAGE)
+    model.producer_name, model.producer_version = "pytorch", "2.13.0"
+    _common.set_producer(model, "torch")
+    assert _meta.get_source(model) == "torch" and model.producer_name == "onnxstitch"
+    assert "pytorch 2.13.0" in model.doc_string
+
+
+def test_batch_sizes_for() -> None:
+    assert _common.batch_sizes_for(_model(IMAGE)) == (1, 7)
+    assert _common.batch_sizes_for(_model(IMAGE.replace("[N, 2] v", "[4, 2] v"))) == (4,)
+
+
+def test_check_opset_and_runtime_max() -> None:
+    top = _common.max_runtime_opset()
+    assert 18 <= top <= onnx.defs.onnx_opset_version()
+    assert _common.check_opset(None, what="t") is None and _common.check_opset(17, what="t") == 17
+    for bad in (6, top + 1, True, 17.0):
+        with pytest.raises(VersionError, match=f"between 7 and {top}"):
+            _common.check_opset(bad, what="t")  # type: ignore[arg-type]
+
+
+def test_finalize_infers_shapes_and_refuses_invalid() -> None:
+    model = _model(IMAGE)
+    out = _common.finalize(model, what="m")
+    assert out is not model and len(out.graph.value_info) == 0  # outputs typed already, nothing internal
+    broken = _model(IMAGE.replace("out = Relu(image)", "out = Relu(missing)"))
+    with pytest.raises(ConversionError, match="m: the exported ONNX model is invalid"):
+        _common.finalize(broken, what="m")
+
+
+def test_validate_passes_and_fails_with_table() -> None:
+    model = _model(IMAGE)
+    report = _common.validate(model, lambda image, v: [np.maximum(image, 0), v], what="m")
+    assert report and sorted({r.batch for r in report.rows}) == [1, 7]
+    with pytest.raises(ValidationError) as info:
+        _common.validate(
+            model, lambda image, v: [np.maximum(image, 0), v + 1e-3], what="m", atol=1e-4, rtol=0
+        )
+    assert info.value.report is not None and "m: the converted ONNX model" in str(info.value)
+    assert "✗" in str(info.value)
+
+
+def test_validate_wraps_reference_errors() -> None:
+    def reference(image: np.ndarray, v: np.ndarray) -> None:
+        raise RuntimeError("boom")
+
+    with pytest.raises(StitchError, match="boom"):
+        _common.validate(_model(IMAGE), reference, what="m")
+
+
+def test_require(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert _common.require("onnx", package="onnx", extra="x", purpose="p") is onnx
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    with pytest.raises(MissingDependencyError, match="tensorflow") as info:
+        _common.require("tensorflow", package="tensorflow", extra="keras", purpose="Converting Keras")
+    assert "onnxstitch[keras]" in str(info.value)
