@@ -215,10 +215,10 @@ def _extract_part(model: onnx.ModelProto, key: str) -> onnx.ModelProto:
     from onnxstitch.compose._merge import read_spec
 
     spec = read_spec(model)
-    parts = [str(k) for k in spec["parts"]]  # type: ignore[attr-defined]
+    parts = [str(k) for k in spec["parts"]]
     if key not in parts:
         raise SpecError(f"merged model has no part {key!r}; its parts are {', '.join(map(repr, parts))}")
-    io: dict[str, str] = spec["io"][key]  # type: ignore[index]
+    io: dict[str, str] = spec["io"][key]
     nodes = [n for n in model.graph.node if _meta.get_part(n) == key]
     inits = {t.name for t in model.graph.initializer}
     produced = {o for n in nodes for o in n.output if o}
@@ -231,8 +231,8 @@ def _extract_part(model: onnx.ModelProto, key: str) -> onnx.ModelProto:
             return local_of[name]
         return name[len(prefix) :] if name.startswith(prefix) else name
 
-    part_inputs = [m for local, m in io.items() if local in spec["part_inputs"][key]]  # type: ignore[index]
-    part_outputs = [m for local, m in io.items() if local in spec["part_outputs"][key]]  # type: ignore[index]
+    part_inputs = [m for local, m in io.items() if local in spec["part_inputs"][key]]
+    part_outputs = [m for local, m in io.items() if local in spec["part_outputs"][key]]
     extra = sorted(reads - produced - inits - set(part_inputs))
     if extra:
         raise SpecError(f"part {key!r} reads tensors {extra} that are neither its inputs nor its own")
@@ -240,10 +240,10 @@ def _extract_part(model: onnx.ModelProto, key: str) -> onnx.ModelProto:
     for node in result.graph.node:
         _meta.del_prop(node, _meta.PART)
         node.name = node.name[len(prefix) :] if node.name.startswith(prefix) else node.name
-    source = spec["sources"].get(key)  # type: ignore[attr-defined]
+    source = spec["sources"].get(key)
     if source:
         _meta.set_prop(result, _meta.SOURCE, str(source))
-    for tensor, layout in spec["layouts"].get(key, {}).items():  # type: ignore[attr-defined]
+    for tensor, layout in spec["layouts"].get(key, {}).items():
         _meta.set_layout(result, tensor, layout)
     result.graph.name = key
     return result

@@ -90,7 +90,8 @@ def _payload(tensor: onnx.TensorProto) -> bytes:
     bare.CopyFrom(tensor)
     bare.ClearField("name")
     bare.ClearField("doc_string")
-    return bare.SerializeToString(deterministic=True)
+    payload: bytes = bare.SerializeToString(deterministic=True)
+    return payload
 
 
 def _sample(payload: bytes) -> bytes:

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,7 +22,7 @@ from onnxstitch import _meta
 from onnxstitch.compose._graph import GraphBuilder
 from onnxstitch.compose._seams import SeamChecker, SeamResult
 from onnxstitch.compose._spec import Link, Plan, check_keys, graph_inputs, resolve
-from onnxstitch.compose._versions import Part, ir_for, make_part, targets_for
+from onnxstitch.compose._versions import Part, ir_for, make_part, targets_for, tensor_bytes
 from onnxstitch.compose._weights import check_in_memory, check_merged, load_path
 from onnxstitch.errors import ModelFileError, SeamError, SpecError, ValidationError, VersionError
 from onnxstitch.files import ModelLike
@@ -156,7 +157,7 @@ def replace(merged: ModelLike, key: str, new_part: ModelLike) -> onnx.ModelProto
     )
 
 
-def read_spec(model: onnx.ModelProto) -> dict[str, object]:
+def read_spec(model: onnx.ModelProto) -> dict[str, Any]:
     """The wiring recorded in a merged model.
 
     Raises:
@@ -165,7 +166,7 @@ def read_spec(model: onnx.ModelProto) -> dict[str, object]:
     raw = _meta.get_props(model).get(SPEC_KEY)
     if not raw:
         raise SpecError("this model was not built by onnxstitch.merge (no recorded parts/wiring)")
-    spec: dict[str, object] = json.loads(raw)
+    spec: dict[str, Any] = json.loads(raw)
     return spec
 
 
@@ -306,8 +307,8 @@ def _check(merged: onnx.ModelProto, parts: Mapping[str, Part]) -> None:
 def _optimized(merged: onnx.ModelProto) -> onnx.ModelProto:
     from onnxstitch.compose._optimize import optimize as run_optimize
 
-    optimized = run_optimize(merged)
-    if merged.ByteSize() >= 2**31 - 2**20:
+    optimized = run_optimize(merged, check_parity=False)
+    if sum(tensor_bytes(t) for t in merged.graph.initializer) >= 2**31 - 2**24:
         log.warning("model past 2 GB: parity of the optimized model not re-checked in memory")
         return optimized
     feeds = random_feeds(merged, batch=2, seed=0)

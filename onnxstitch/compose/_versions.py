@@ -77,7 +77,8 @@ def _probe_model(domain: str, version: int, ir_version: int) -> bytes:
     if domain:
         imports.append(onnx.helper.make_opsetid(domain, version))
     model = onnx.helper.make_model(graph, opset_imports=imports, ir_version=ir_version)
-    return model.SerializeToString()
+    payload: bytes = model.SerializeToString()
+    return payload
 
 
 def _loads(payload: bytes) -> bool:

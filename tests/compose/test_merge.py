@@ -202,3 +202,78 @@ def test_info_log_for_conversion(caplog):
     with caplog.at_level(logging.INFO, logger="onnxstitch.compose"):
         ox.chain({"a": linear("a", 4, 4, 0, opset=15), "b": linear("b", 4, 2, 1)})
     assert "part 'a' converted from ai.onnx opset 15 to 20" in caplog.text
+
+
+def test_subgraphs_scoped_and_outer_scope_renamed(rng):
+    branchy = parse(
+        """
+        <ir_version: 10, opset_import: ["" : 20]>
+        br (float[batch, 4] x, bool flag) => (float[batch, 4] y) {
+          t = Neg(x)
+          y = If(flag) <
+            then_branch = g1 () => (float[batch, 4] out1) { out1 = Abs(t) },
+            else_branch = g2 () => (float[batch, 4] out2) { out2 = Relu(t) }
+          >
+        }"""
+    )
+    merged = ox.merge(
+        {"a": branchy, "b": branchy}, inputs={"x": ["a:x", "b:x"], "flag": ["a:flag", "b:flag"]}
+    )
+    assert_valid(merged)
+    x = _x(rng)
+    for flag in (True, False):
+        out = run(merged, {"x": x, "flag": np.array(flag)})
+        want = np.abs(-x) if flag else np.maximum(-x, 0)
+        np.testing.assert_allclose(out["a.y"], want, **TOL)
+        np.testing.assert_allclose(out["b.y"], want, **TOL)
+
+
+def test_clashing_functions_renamed(rng):
+    def with_fn(op: str) -> onnx.ModelProto:
+        return parse(
+            f"""
+            <ir_version: 10, opset_import: ["" : 20, "local" : 1]>
+            f (float[batch, 4] x) => (float[batch, 4] y) {{ y = local.Act(x) }}
+            <domain: "local", opset_import: ["" : 20]>
+            Act (a) => (b) {{ b = {op}(a) }}"""
+        )
+
+    merged = ox.chain({"p": with_fn("Neg"), "q": with_fn("Exp")})
+    assert sorted(f.name for f in merged.functions) == ["Act", "q/Act"]
+    assert_valid(merged)
+    x = _x(rng)
+    np.testing.assert_allclose(run(merged, {"x": x})["y"], np.exp(-x), rtol=1e-5)
+
+
+def test_output_layouts_carried():
+    b = linear("b", 4, 4, 1)
+    _meta.set_layout(b, "y", "NHWC")
+    merged = ox.chain({"a": linear("a", 4, 4, 0), "b": b})
+    assert _meta.get_layouts(merged) == {"y": "NHWC"}
+
+
+def test_optimize_true_keeps_outputs(rng):
+    p = parse(
+        """
+        <ir_version: 10, opset_import: ["" : 20]>
+        p (float[batch, 4, 4, 3] x) => (float[batch, 4, 4, 3] feat) {
+          t = Transpose<perm = [0, 3, 1, 2]>(x)
+          u = Relu(t)
+          feat = Transpose<perm = [0, 2, 3, 1]>(u)
+        }""",
+        layouts={"feat": "NHWC", "x": "NHWC"},
+    )
+    c = parse(
+        """
+        <ir_version: 10, opset_import: ["" : 20]>
+        c (float[batch, 3, 4, 4] x) => (float[batch, 3, 4, 4] y) { y = Neg(x) }""",
+        layouts={"x": "NCHW"},
+    )
+    plain = ox.chain({"p": p, "c": c})
+    optimized = ox.chain({"p": p, "c": c}, optimize=True)
+    assert_valid(optimized)
+    n_transposes = sum(n.op_type == "Transpose" for n in optimized.graph.node)
+    assert n_transposes < sum(n.op_type == "Transpose" for n in plain.graph.node)
+    assert all(_meta.get_part(n) for n in optimized.graph.node)
+    x = rng.standard_normal((2, 4, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose(run(optimized, {"x": x})["y"], run(plain, {"x": x})["y"], **TOL)
