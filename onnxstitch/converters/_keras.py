@@ -322,11 +322,9 @@ def _stable_dims(model: onnx.ModelProto) -> None:
 def _layouts_for(model: onnx.ModelProto, traced: Traced, given: Mapping[str, str] | None) -> dict[str, str]:
     """Layouts to record: the source's default for every rank-4 end, then the user's overrides."""
     out: dict[str, str] = {}
-    default = traced.layouts.get("*")
-    if default:
+    if traced.image_layout:
         for value in [*model.graph.input, *model.graph.output]:
             if len(value.type.tensor_type.shape.dim) == 4:
-                out[value.name] = default
-    out.update({k: v for k, v in traced.layouts.items() if k != "*"})
+                out[value.name] = traced.image_layout
     out.update(dict(given or {}))
     return out

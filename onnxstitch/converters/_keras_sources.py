@@ -17,7 +17,7 @@ import json
 import logging
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,8 @@ class Traced:
         input_names: the clean ONNX name of each input, in order.
         output_names: filled in when ``function`` is traced: the clean name of each output, in order.
         reference: eager native computation: numpy arrays in input order -> list in output order.
-        layouts: ``{clean tensor name: "NHWC" | "NCHW"}`` known from the source.
+        image_layout: the layout ("NHWC" | "NCHW") of every rank-4 input/output, when the source
+            says (Keras ``data_format``); ``None`` when it does not (graphs, tf.functions).
         what: a label of the source for messages.
     """
 
@@ -53,7 +54,7 @@ class Traced:
     input_names: list[str]
     output_names: list[str]
     reference: Callable[..., list[np.ndarray[Any, Any]]]
-    layouts: dict[str, str] = field(default_factory=dict)
+    image_layout: str | None = None
     what: str = "model"
 
 
@@ -164,7 +165,6 @@ def make_traced(
     tf: Any,
     *,
     what: str,
-    layouts: dict[str, str] | None = None,
 ) -> Traced:
     """Wrap ``forward(flat_tensors) -> result`` into a :class:`Traced`.
 
@@ -184,9 +184,7 @@ def make_traced(
         tensors, _ = flatten_outputs(forward(args), default_outputs)
         return [_to_numpy(t) for t in tensors]
 
-    return Traced(
-        function, function.input_signature, list(input_names), out_names, reference, layouts or {}, what
-    )
+    return Traced(function, function.input_signature, list(input_names), out_names, reference, None, what)
 
 
 def trace(traced: Traced) -> None:
@@ -435,7 +433,7 @@ def trace_keras_model(model: Any, signature: Signature | None, tf: Any) -> Trace
         return model(_pack(struct, structure, names, args), training=False)
 
     traced = make_traced(forward, specs, names, keras_default_outputs(model), tf, what=what)
-    traced.layouts = {"*": layout} if (layout := keras_image_layout(model)) else {}
+    traced.image_layout = keras_image_layout(model)
     return traced
 
 

@@ -45,6 +45,15 @@ def channels_first_model() -> Any:
     return keras.Model(x, out, name="cf")
 
 
+def mixed_formats_model() -> Any:
+    """A channels_last Conv2D followed by a channels_first pooling: the image layout is ambiguous."""
+    keras = _keras()
+    x = keras.Input((4, 4, 3), name="img")
+    y = keras.layers.Conv2D(2, 1, name="conv")(x)
+    y = keras.layers.GlobalAveragePooling2D(data_format="channels_first", name="gap")(y)
+    return keras.Model(x, keras.layers.Dense(2, name="out")(y), name="mixed")
+
+
 def sequential_built(*, build: bool = True) -> Any:
     """A Sequential MLP (6 -> 8 -> 3) that was built with ``build((None, 6))`` but never called."""
     keras = _keras()

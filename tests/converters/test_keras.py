@@ -174,6 +174,11 @@ def test_channels_first_recorded_nchw() -> None:
     assert_parity(converted, keras_native(model))
 
 
+def test_mixed_data_formats_record_no_layout() -> None:
+    converted = from_keras(keras_models.mixed_formats_model())
+    assert _meta.get_layouts(converted) == {}  # ambiguous: never guessed
+
+
 def test_layout_override(cnn: Any) -> None:
     converted = from_keras(cnn, layouts={"image": "NCHW"}, validate=False)
     assert _meta.get_layouts(converted) == {"image": "NCHW"}
