@@ -306,7 +306,7 @@ def max_runtime_opset() -> int:
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
 
         schemas = ort_c.get_all_operator_schema()
-        return max(s.since_version for s in schemas if s.domain in ("", "ai.onnx"))
+        return int(max(s.since_version for s in schemas if s.domain in ("", "ai.onnx")))
     except (ImportError, AttributeError, ValueError):  # pragma: no cover - unusual builds
         return min(onnx.defs.onnx_opset_version(), 21)
 

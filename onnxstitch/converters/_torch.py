@@ -290,7 +290,7 @@ def _normalize_inputs(
 
 def _accepts_kwargs(source: _Source) -> bool:
     try:
-        sig = inspect.signature(source.run.forward)
+        sig = inspect.signature(getattr(source.run, "forward", source.run))
     except (TypeError, ValueError, AttributeError):
         return False
     return any(p.kind == inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
@@ -322,7 +322,8 @@ def _dynamic_spec(
     tensors = dict(zip(names, [*args, *kwargs.values()], strict=True))
     if dynamic_dims is None:
         return {n: {0: _BATCH} for n, t in tensors.items() if t.dim() >= 1}
-    problems, spec = [], {}
+    problems: list[str] = []
+    spec: dict[str, dict[int, str]] = {}
     for name, axes in dynamic_dims.items():
         if name not in tensors:
             problems.append(f"{name!r} is not an input (inputs: {names})")
@@ -436,7 +437,8 @@ def _export_dynamo(
             artifacts_dir=tmp,
         )
         if _weight_bytes(source) < _LARGE_BYTES:
-            return program.model_proto
+            proto: onnx.ModelProto = program.model_proto
+            return proto
         path = Path(tmp) / "model.onnx"
         program.save(str(path), external_data=True)
         return onnx.load(str(path), load_external_data=True)
