@@ -7,8 +7,10 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import onnx
+from google.protobuf.descriptor import FieldDescriptor
 
 from onnxstitch.errors import IntegrityError, ModelFileError, ModelTooLargeError
 from onnxstitch.files import manifest as _manifest
@@ -69,6 +71,32 @@ def _parse(data: bytes, name: str) -> onnx.ModelProto:
             hint="download or export the model again",
         ) from exc
     return model
+
+
+def _bad_string(message: Any, path: str) -> str | None:
+    """The path of the first string field that is not valid UTF-8 (protobuf hands it over as bytes)."""
+    for field, value in message.ListFields():
+        where = f"{path}.{field.name}"
+        if field.type == FieldDescriptor.TYPE_STRING:
+            values = value if field.is_repeated else [value]
+            if any(isinstance(v, bytes) for v in values):
+                return where
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            children = value if field.is_repeated else [value]
+            for index, child in enumerate(children):
+                found = _bad_string(child, f"{where}[{index}]" if field.is_repeated else where)
+                if found:
+                    return found
+    return None
+
+
+def _check_strings(model: onnx.ModelProto, name: str) -> None:
+    found = _bad_string(model, "model")
+    if found:
+        raise ModelFileError(
+            f"{name} is corrupt: the text of {found} is not valid UTF-8",
+            hint="download or export the model again",
+        )
 
 
 def _check_structure(model: onnx.ModelProto, name: str, head: bytes) -> None:
@@ -132,6 +160,7 @@ def _read_header(path: Path, *, verify: bool) -> tuple[onnx.ModelProto, dict[str
         raise ModelFileError(f"{name} is {description}")
     model = _parse(data, name)
     _check_structure(model, name, data[:HEAD_BYTES])
+    _check_strings(model, name)
     check_versions(model, name=name)
     return model, manifest
 

@@ -327,3 +327,11 @@ def test_external_refs_are_checked_by_check_file(external_model) -> None:  # typ
     bad = external_model(location="../w.bin", data_name=None)
     with pytest.raises(UnsafeModelError, match=r"'\.\.'"):
         files.check_file(bad)
+
+
+def test_invalid_utf8_text_is_corrupt(tmp_path: Path) -> None:
+    blob = make_model().SerializeToString().replace(b"linear", b"\xff\xfeinea", 1)  # the graph's name
+    p = tmp_path / "m.onnx"
+    p.write_bytes(blob)
+    with pytest.raises(ModelFileError, match=r"the text of model\.graph\.name is not valid UTF-8"):
+        files.load(p)
