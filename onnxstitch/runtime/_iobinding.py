@@ -36,9 +36,13 @@ def _bind_inputs(session: Session, binding: Any, feeds: Mapping[str, Any]) -> li
     """Bind every feed; returns objects that must stay alive until the run is over."""
     keep: list[Any] = []
     dtypes = {i.name: i.dtype for i in session.inputs}
+    synced: set[Any] = set()
     for name, value in feeds.items():
         if is_torch_tensor(value) and value.device.type == "cuda":
             tensor = value.detach().contiguous()
+            if tensor.device not in synced:  # torch's kernels run on its own stream: let them finish
+                _torch().cuda.current_stream(tensor.device).synchronize()
+                synced.add(tensor.device)
             keep.append(tensor)
             binding.bind_input(
                 name,

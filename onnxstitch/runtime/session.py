@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxstitch.errors import DeviceError, InputError, ModelFileError, StitchError
+from onnxstitch.errors import DeviceError, InputError, MissingDependencyError, ModelFileError, StitchError
 from onnxstitch.runtime._feeds import TensorInfo, check_feeds, is_torch_tensor, ort_type_to_numpy, to_numpy
 
 __all__ = ["DEVICES", "Session", "TensorInfo", "available_providers", "resolve_providers"]
@@ -85,7 +85,12 @@ def _use_global_pool(threads: int | None) -> None:
 
 
 def _fp16_model(model: onnx.ModelProto) -> onnx.ModelProto:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError as exc:  # the converter needs `packaging`, which not every install has
+        raise MissingDependencyError(
+            exc.name or "onnxruntime.transformers", extra="gpu", purpose="fp16=True (float16 conversion)"
+        ) from exc
 
     try:
         converted: onnx.ModelProto = convert_float_to_float16(model, keep_io_types=True)

@@ -18,6 +18,7 @@ Writes the ``runtime`` section of docs/benchmarks.md and docs/benchmarks_runtime
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -30,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _report  # noqa: E402
+import _report
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 PLOT = DOCS / "benchmarks_runtime.png"
@@ -134,7 +135,9 @@ def torch_twin(arch: Arch) -> Any:
     from torch import nn
 
     def conv_bn(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout)
+        )
 
     class Block(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int) -> None:
@@ -204,10 +207,8 @@ def set_threads(threads: int) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # already set once in this process
         torch.set_num_interop_threads(1)
-    except RuntimeError:  # already set once in this process
-        pass
 
 
 def runners(models: dict[str, Any], threads: int) -> dict[str, Callable[[np.ndarray], Any]]:
@@ -318,7 +319,8 @@ def markdown(
         "## Runtime: the hybrid four ways (scripts/bench/bench_runtime.py)",
         "",
         f"Machine: {_report.machine_line()}. Threads: {threads} (TensorFlow, torch and onnxruntime alike), "
-        f"median of {repeats} repeats (blocks per variant, rotated over 3 rounds), milliseconds per batch. Model: Keras ResNet-ish CNN "
+        f"median of {repeats} repeats (blocks per variant, rotated over 3 rounds), milliseconds per batch. "
+        "Model: Keras ResNet-ish CNN "
         f"backbone ({arch.size}×{arch.size}×3, widths {list(arch.widths)}, {arch.blocks} block(s) per stage) "
         f"+ torch MLP head ({arch.widths[-1]}→{arch.hidden}→{arch.classes}).",
         "",
@@ -336,7 +338,12 @@ def markdown(
         "| --- | --- | --- |",
     ]
     lines += [f"| {t} | {v} | {'yes' if ok else 'NO'} |" for t, v, ok in targets(medians)]
-    lines += ["", f"Parity of the merged model against the native chain: {parity}", "", f"![runtime]({PLOT.name})"]
+    lines += [
+        "",
+        f"Parity of the merged model against the native chain: {parity}",
+        "",
+        f"![runtime]({PLOT.name})",
+    ]
     return "\n".join(lines)
 
 

@@ -327,3 +327,21 @@ def test_spinning_option(mlp_model: onnx.ModelProto, mlp_ref: Any) -> None:
     on = Session(mlp_model, device="cpu", threads=1)
     with pytest.raises(RuntimeError, match="does not have configuration"):  # onnxruntime's default: spin
         on._sess.get_session_options().get_session_config_entry(key)
+
+
+def test_io_binding_path_on_cpu(add_session: Session) -> None:
+    """The binding code the CUDA path uses, exercised on CPU with numpy and torch inputs."""
+    from onnxstitch.runtime._iobinding import run_bound
+
+    feeds = _feeds()
+    symbols = {"batch": 2, "seq": 4}
+    with add_session._run_options(None) as run_options:
+        out = run_bound(add_session, feeds, ["z", "u"], symbols, "cpu", run_options)
+    np.testing.assert_array_equal(out["z"], feeds["x"] + feeds["y"])
+    np.testing.assert_array_equal(out["u"], feeds["t"])
+    torch = pytest.importorskip("torch")
+    tensors = {k: torch.from_numpy(v.copy()) for k, v in feeds.items()}
+    with add_session._run_options(None) as run_options:
+        out = run_bound(add_session, tensors, ["u"], symbols, "cpu", run_options)
+    assert list(out) == ["u"]
+    np.testing.assert_array_equal(out["u"], feeds["t"])
