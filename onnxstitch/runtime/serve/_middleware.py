@@ -8,11 +8,12 @@ the same ``{"error": "..."}`` shape with no filesystem path in it.
 
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
+
+import orjson  # a dependency of MLServer; several times faster than json here
 
 from onnxstitch.errors import InputError
 from onnxstitch.runtime.serve._protocol import decode_binary, encode_binary
@@ -34,7 +35,7 @@ class _TooLarge(Exception):
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
+    return orjson.dumps(obj)
 
 
 def _label(item: Any, index: int) -> str:
@@ -113,7 +114,7 @@ def parse_infer_body(body: bytes, header_length: int | None) -> tuple[bytes, set
         raise InputError("Inference-Header-Content-Length is larger than the body")
     head, blob = (body, b"") if header_length is None else (body[:header_length], body[header_length:])
     try:
-        request = json.loads(head)
+        request = orjson.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"the request body is not valid JSON ({exc.__class__.__name__})") from None
     _check_structure(request)
@@ -126,7 +127,7 @@ def parse_infer_body(body: bytes, header_length: int | None) -> tuple[bytes, set
 
 def _encode_outputs(body: bytes, wanted: set[str] | bool) -> tuple[bytes, int | None]:
     """Move the wanted outputs' data out of the JSON response into binary (header length or None)."""
-    response = json.loads(body)
+    response = orjson.loads(body)
     blobs = []
     for output in response.get("outputs", []):
         if wanted is not True and output.get("name") not in wanted:
@@ -145,7 +146,7 @@ def _encode_outputs(body: bytes, wanted: set[str] | bool) -> tuple[bytes, int | 
 
 def _error_message(status: int, body: bytes) -> str:
     try:
-        parsed = json.loads(body)
+        parsed = orjson.loads(body)
     except (ValueError, UnicodeDecodeError):
         return body.decode("utf-8", "replace")[:500] or f"HTTP {status}"
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
