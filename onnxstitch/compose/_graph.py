@@ -228,6 +228,8 @@ class GraphBuilder:
             stored = self.weights.add(tensor, f"{key}/{tensor.name}", key, part.base_dir)
             if stored != f"{key}/{tensor.name}":
                 overrides[tensor.name] = stored
+        if part.owned:
+            part.weights.clear()  # the last reference to a loaded part's weights: released now
         self.renames[key] = base
         clash = {f"{key}/{n}" for n in _all_names(part.model)} & interface
         if clash:

@@ -55,6 +55,11 @@ def merge(
     a default name is used by several parts, each one is called ``"key.name"`` instead.
     Part inputs that are also initializers (old IR < 4 defaults) are constants, not merged inputs.
 
+    Weights: parts given as paths keep their external data on disk until each tensor is copied into
+    the merged model (read from the part's own folder), so the merge holds one copy of the weights;
+    identical initializers are stored once. The result holds every weight in memory: past 2 GB, save
+    it with ``ox.save`` (external data automatically) and check it by path, not in memory.
+
     Args:
         models: part key -> ``ModelProto`` or path to an ``.onnx`` file. Keys must not contain
             ``:``, ``/`` or ``->``. The same model may appear under several keys.
@@ -210,6 +215,9 @@ def _merge_sources(
     plan = resolve(ios, links, inputs, outputs)
     targets = targets_for({k: m for k, (m, _, _) in sources.items()}, opset)
     parts = _make_parts(sources, targets)
+    owned_ir = [s[0].ir_version for s in sources.values()]
+    if isinstance(sources, dict):
+        sources.clear()  # ours (from _load_all): drop loaded models so their memory can go part by part
     seams = SeamChecker(
         {k: p.model for k, p in parts.items()}, {k: p.source for k, p in parts.items()}
     ).check(plan)
@@ -220,10 +228,10 @@ def _merge_sources(
             hint="insert the suggested adapter (ox.adapters.*) as a part of its own, or fix the part",
         )
     _name_dims(parts, plan, seams)
-    ir_version = ir_for(targets, [s[0] for s in sources.values()])
+    ir_version = ir_for(targets, owned_ir)
     builder = GraphBuilder(parts, plan, seams.adapters, seams.dims, ir_version, targets)
-    merged = builder.build(list(sources))
-    _record_spec(merged, plan, parts, builder, list(sources))
+    merged = builder.build(list(parts))
+    _record_spec(merged, plan, parts, builder, list(parts))
     if builder.weights.shared:
         log.info("%d identical initializer(s) stored once", builder.weights.shared)
     _check(merged, parts)

@@ -118,11 +118,11 @@ def _domain_max(domain: str) -> int:
     )
 
 
-def ir_for(targets: Mapping[str, int], parts: Iterable[onnx.ModelProto]) -> int:
+def ir_for(targets: Mapping[str, int], part_ir_versions: Iterable[int]) -> int:
     """The merged IR version: the highest of the parts and of what the opsets need, capped by ORT."""
     ids = [onnx.helper.make_opsetid(d, v) for d, v in targets.items() if d in (ONNX_DOMAIN, ML_DOMAIN)]
     needed = onnx.helper.find_min_ir_version_for(ids, ignore_unknown=True)
-    wanted = max([needed, *(m.ir_version for m in parts)])
+    wanted = max([needed, *part_ir_versions])
     return min(wanted, ort_max_ir_version())
 
 
@@ -181,6 +181,8 @@ def make_part(
             _check_unchanged(key, _nodes_of_domain(part.model, domain), domain, version, targets[domain])
             part.converted_from[domain] = version
     _restore_functions(part, source, targets)
+    if owned:  # keep only the metadata: the loaded model's memory goes once its weights are stored
+        part.source = onnx.ModelProto(metadata_props=source.metadata_props, opset_import=source.opset_import)
     del part.model.opset_import[:]
     for domain in sorted(set(have) | ({ONNX_DOMAIN} if ONNX_DOMAIN in targets else set())):
         part.model.opset_import.append(

@@ -277,3 +277,12 @@ def test_optimize_true_keeps_outputs(rng):
     assert all(_meta.get_part(n) for n in optimized.graph.node)
     x = rng.standard_normal((2, 4, 4, 3)).astype(np.float32)
     np.testing.assert_allclose(run(optimized, {"x": x})["y"], run(plain, {"x": x})["y"], **TOL)
+
+
+def test_big_initializers_checked_and_stored(rng):
+    a, b = linear("a", 64, 64, 0), linear("b", 64, 8, 1)  # 16 KiB weights: past the inline threshold
+    merged = ox.chain({"a": a, "b": b})
+    assert_valid(merged)
+    assert sorted(t.name for t in merged.graph.initializer) == ["a/B", "a/W", "b/B", "b/W"]
+    x = _x(rng, n=2, k=64)
+    np.testing.assert_allclose(run(merged, {"x": x})["y"], run(b, {"x": run(a, {"x": x})["y"]})["y"], **TOL)
