@@ -303,7 +303,8 @@ def _load_error(path: Path, exc: BaseException) -> ModelFileError:
 def keras_input_names(model: Any) -> tuple[list[Any], list[str], Any] | None:
     """``(keras_tensors, names, structure)`` of a model with known inputs, else ``None``.
 
-    Names are the input layers' names (what Keras itself uses), never ``keras_tensor_3``.
+    Names are the keys of dict inputs, else the input layers' names (what Keras itself uses),
+    never ``keras_tensor_3``.
     """
     import keras
 
@@ -315,6 +316,8 @@ def keras_input_names(model: Any) -> tuple[list[Any], list[str], Any] | None:
         return None
     struct = getattr(model, "_inputs_struct", None)
     flat = keras.tree.flatten(struct) if struct is not None else list(inputs)
+    if isinstance(struct, Mapping) and len(struct) == len(flat):
+        return flat, dedupe([str(k) for k in sorted(struct)]), struct  # keras.tree sorts dict keys
     names = []
     for i, t in enumerate(flat):
         history = getattr(t, "_keras_history", None)

@@ -55,10 +55,14 @@ def mixed_formats_model() -> Any:
 
 
 def sequential_built(*, build: bool = True) -> Any:
-    """A Sequential MLP (6 -> 8 -> 3) that was built with ``build((None, 6))`` but never called."""
+    """A Sequential MLP (6 -> 8 -> dropout -> 3) that was built with ``build((None, 6))`` but never called."""
     keras = _keras()
     model = keras.Sequential(
-        [keras.layers.Dense(8, activation="tanh", name="hidden"), keras.layers.Dense(3, name="scores")],
+        [
+            keras.layers.Dense(8, activation="tanh", name="hidden"),
+            keras.layers.Dropout(0.5, name="dropout"),  # must be off in the conversion
+            keras.layers.Dense(3, name="scores"),
+        ],
         name="seq",
     )
     if build:
@@ -112,13 +116,13 @@ def multi_io() -> Any:
 
 
 def dict_io() -> Any:
-    """Dict inputs ``a``/``b`` and dict outputs ``total``/``first`` (keys differ from layer names)."""
+    """Dict inputs ``b``/``a`` and dict outputs ``total``/``first`` (keys differ from layer names)."""
     keras = _keras()
     a = keras.Input((4,), name="a")
     b = keras.Input((2,), name="b")
     total = keras.layers.Dense(2, name="dense_total")(keras.layers.Concatenate()([a, b]))
     first = keras.layers.Dense(1, name="dense_first")(a)
-    return keras.Model({"a": a, "b": b}, {"total": total, "first": first}, name="dict_io")
+    return keras.Model({"b": b, "a": a}, {"total": total, "first": first}, name="dict_io")
 
 
 def sequence_model() -> Any:
