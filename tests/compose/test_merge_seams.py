@@ -182,3 +182,17 @@ def test_merged_model_session_runs_batch_sizes(rng):
     for n in (1, 7):
         x = rng.standard_normal((n, 4)).astype(np.float32)
         np.testing.assert_allclose(session.run(None, {"x": x})[0], np.abs(x), **TOL)
+
+
+def test_undeclared_shape_mismatch_caught_by_full_check():
+    """A producer that declares no output shape: the seam check cannot see it, the full checker does."""
+    p = _producer()
+    p.graph.output[0].type.tensor_type.ClearField("shape")
+    c = onnx.parser.parse_model(
+        """
+        <ir_version: 10, opset_import: ["" : 20]>
+        c (float[batch, 5] x) => (float[batch, 2] y) { y = MatMul(x, w) }"""
+    )
+    c.graph.initializer.append(onnx.numpy_helper.from_array(np.ones((5, 2), np.float32), "w"))
+    with pytest.raises(SeamError, match="fails the ONNX checker"):
+        ox.chain({"p": p, "c": c})
