@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -171,3 +172,17 @@ def bench(
     return BenchResult(
         label, device, tuple(session.providers), threads, session.creation_seconds, peak_rss_mb(), tuple(rows)
     )
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``from onnxstitch.runtime import bench`` be called even when it names this module.
+
+    Importing ``onnxstitch.runtime.bench`` makes Python bind the package attribute ``bench`` to the
+    module, shadowing the lazily exported function of the same name; calling the module calls it.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> BenchResult:
+        return bench(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

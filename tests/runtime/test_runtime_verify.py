@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -210,3 +212,24 @@ def test_empty_report_is_falsy() -> None:
         verify(parser.parse_model(
             '<ir_version: 8, opset_import: ["" : 18]> g (float[N] a) => (float[N] b) { b = Neg(a) }'
         ), lambda a: -a, batch_sizes=())  # fmt: skip
+
+
+def test_public_names_callable_whatever_the_import_order(mlp_path: Any) -> None:
+    """`onnxstitch.runtime.verify` / `.bench` are both modules and functions: each must be callable."""
+    code = (
+        "import numpy as np\n"
+        "from onnxstitch.runtime.verify import random_feeds\n"
+        "from onnxstitch.runtime.bench import BenchResult\n"
+        "from onnxstitch.runtime import verify, bench\n"
+        "import onnxstitch as ox\n"
+        f"path = {str(mlp_path)!r}\n"
+        "ref = lambda x: ox.Session(path, device='cpu').run({'x': x})['y']\n"
+        "assert verify(path, ref) and ox.verify(path, ref)\n"
+        "r = bench(path, batch_sizes=(1,), repeats=1, warmup=0)\n"
+        "assert isinstance(r, BenchResult)\n"
+        "assert isinstance(ox.bench(path, batch_sizes=(1,), repeats=1), BenchResult)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
