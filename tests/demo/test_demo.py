@@ -1,0 +1,235 @@
+"""The hybrid demo end to end, at reduced epochs: the API (keras-torch) and the CLI (torch-keras).
+
+Each flavour runs once per module (fixtures) and the tests check its artefacts: the ONNX model loads
+and agrees with the native chain, the Triton config parses as Triton's ModelConfig, the report and
+the plot exist and say what happened.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+import onnxstitch as ox
+from onnxstitch.demo import ProgressEvent, run_demo, stages
+from onnxstitch.demo._data import load_digits_split
+from onnxstitch.errors import StitchError
+
+pytestmark = pytest.mark.slow
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def digits():  # type: ignore[no-untyped-def]
+    return load_digits_split()
+
+
+@pytest.fixture(scope="module")
+def keras_torch(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("demo") / "out"
+    events: list[ProgressEvent] = []
+    result = run_demo(
+        out, epochs=2, seed=0, flavour="keras-torch", threads=2, repeats=3, progress=events.append
+    )
+    return result, events, out
+
+
+def _parse_config(path: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+
+
+def test_files_written(keras_torch) -> None:  # type: ignore[no-untyped-def]
+    result, _, out = keras_torch
+    assert result.out_dir == out
+    assert result.files == {
+        "model": out / "hybrid.onnx",
+        "triton": out / "triton" / "hybrid",
+        "triton_config": out / "triton" / "hybrid" / "config.pbtxt",
+        "plot": out / "demo.png",
+        "report": out / "report.md",
+    }
+    assert (out / "triton" / "hybrid" / "1" / "model.onnx").is_file()
+    assert (out / "demo.png").read_bytes()[:8] == PNG_MAGIC
+    assert (out / "demo.png").stat().st_size > 10_000
+
+
+def test_model_agrees_with_native_chain(keras_torch, digits) -> None:  # type: ignore[no-untyped-def]
+    result, _, out = keras_torch
+    model = ox.load(out / "hybrid.onnx")
+    onnx.checker.check_model(model, full_check=True)
+    session = ox.Session(out / "hybrid.onnx", device="cpu")
+    assert [i.name for i in session.inputs] == ["image"]
+    assert session.inputs[0].shape == ("batch", 8, 8, 1)
+    logits = session.run({"image": digits.x_test})["logits"]
+    native = result.native.predict(digits.x_test)
+    np.testing.assert_allclose(logits, native, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(logits.argmax(1), native.argmax(1))
+    # the Triton copy is the same model
+    triton_logits = ox.Session(out / "triton" / "hybrid" / "1" / "model.onnx").run({"image": digits.x_test})
+    np.testing.assert_array_equal(triton_logits["logits"], logits)
+
+
+def test_numbers(keras_torch, digits) -> None:  # type: ignore[no-untyped-def]
+    result, _, _ = keras_torch
+    assert (result.n_train, result.n_test) == (1437, 360) == (len(digits.y_train), len(digits.y_test))
+    assert result.verified
+    assert result.predictions_equal and result.same_predictions == 360
+    assert result.merged_accuracy == result.native_accuracy
+    assert result.merged_accuracy > 0.5  # two epochs per part already learn a lot
+    assert 0 <= result.max_abs_error < 1e-4
+    assert result.confusion.sum() == 360
+    assert np.trace(result.confusion) == round(result.merged_accuracy * 360)
+    assert [r.batch for r in result.latency] == [1, 64]
+    assert all(r.native_ms > 0 and r.merged_ms > 0 and r.parts_ms > 0 for r in result.latency)
+    assert (result.threads, result.repeats, result.epochs, result.seed) == (2, 3, 2, 0)
+    assert result.adapters == []  # a flat feature vector needs no layout adapter
+    assert result.input_layout == "NHWC" and result.feature_shape == (64,)
+
+
+def test_triton_config_parses(keras_torch) -> None:  # type: ignore[no-untyped-def]
+    _, _, out = keras_torch
+    config = _parse_config(out / "triton" / "hybrid" / "config.pbtxt")
+    assert config.name == "hybrid"
+    assert config.backend == "onnxruntime"
+    assert config.max_batch_size > 0
+    assert [(i.name, list(i.dims), i.data_type) for i in config.input] == [
+        ("image", [8, 8, 1], model_config_pb2.TYPE_FP32)
+    ]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("logits", [10])]
+
+
+def test_report(keras_torch) -> None:  # type: ignore[no-untyped-def]
+    result, _, out = keras_torch
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert text.startswith("# onnxstitch demo: Keras backbone + PyTorch head (keras-torch)")
+    assert "**360 / 360**" in text
+    assert f"{100 * result.merged_accuracy:.2f} %" in text
+    assert "| 1 |" in text and "| 64 |" in text
+    for part in ("backbone", "head"):
+        assert any(line.startswith(part) for line in text.splitlines())
+    assert result.verify_table in text and "✓" in result.verify_table
+    assert str(out / "hybrid.onnx") in text
+
+
+def test_progress_events(keras_torch) -> None:  # type: ignore[no-untyped-def]
+    _, events, _ = keras_torch
+    keys = [key for key, _ in stages("keras-torch")]
+    started = [e.stage for e in events if e.completed == 0 and not e.finished]
+    finished = [e.stage for e in events if e.finished]
+    assert started == keys and finished == keys
+    epochs = [e.completed for e in events if e.stage == "train_first" and not e.finished]
+    assert epochs == [0, 1, 2]
+    assert all(e.title == dict(stages("keras-torch"))[e.stage] for e in events)
+    verify = next(e for e in events if e.stage == "verify" and e.finished)
+    assert "360/360 same predictions" in verify.detail
+
+
+def test_seed_makes_training_reproducible(digits) -> None:  # type: ignore[no-untyped-def]
+    from onnxstitch.demo._train import setup_frameworks, train_first
+
+    def trained(seed: int) -> np.ndarray:
+        setup_frameworks(seed=seed, threads=2)
+        first = train_first("torch-keras", digits, epochs=1)
+        return first.model.conv1.weight.detach().numpy().copy()
+
+    a, b, c = trained(3), trained(3), trained(4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"flavour": "jax-torch"}, "unknown flavour 'jax-torch'"),
+        ({"epochs": 0}, "epochs must be a positive integer"),
+        ({"repeats": 0}, "repeats must be a positive integer"),
+        ({"threads": 0}, "threads must be a positive integer"),
+    ],
+)
+def test_bad_options_refused_before_work(tmp_path: Path, options: dict, message: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(StitchError, match=message):
+        run_demo(tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def cli_torch_keras(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    out = tmp_path_factory.mktemp("cli") / "demo out"
+    env = {**os.environ, "COLUMNS": "160"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxstitch",
+            "demo",
+            "--out",
+            str(out),
+            "--epochs",
+            "2",
+            "--seed",
+            "1",
+            "--flavour",
+            "torch-keras",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )
+    return proc, out
+
+
+def test_cli_torch_keras_summary(cli_torch_keras) -> None:  # type: ignore[no-untyped-def]
+    proc, _ = cli_torch_keras
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout
+    for title in dict(stages("torch-keras")).values():
+        assert title in text
+    assert "onnxstitch demo (torch-keras, seed 1, 2 epochs)" in text
+    assert "same predicted digit on 360/360 test images" in text
+    assert "layout adapter" in text and "Transpose" in text
+    assert "hybrid.onnx" in text and "report.md" in text and "demo.png" in text
+
+
+def test_cli_torch_keras_artefacts(cli_torch_keras, digits) -> None:  # type: ignore[no-untyped-def]
+    proc, out = cli_torch_keras
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model = ox.load(out / "hybrid.onnx")
+    transposes = [n for n in model.graph.node if n.op_type == "Transpose"]
+    adapter = [n for n in transposes if any(p.value.endswith(".adapter") for p in n.metadata_props)]
+    assert len(adapter) == 1
+    assert list(adapter[0].attribute[0].ints) == [0, 2, 3, 1]  # NCHW → NHWC at the seam
+    session = ox.Session(out / "hybrid.onnx", device="cpu")
+    assert session.inputs[0].shape == ("batch", 1, 8, 8)
+    logits = session.run({"image": np.ascontiguousarray(digits.x_test.transpose(0, 3, 1, 2))})["logits"]
+    assert logits.shape == (360, 10)
+    config = _parse_config(out / "triton" / "hybrid" / "config.pbtxt")
+    assert [(i.name, list(i.dims)) for i in config.input] == [("image", [1, 8, 8])]
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "PyTorch trunk + Keras head (torch-keras)" in report
+    assert "head.adapter: Transpose" in report
+    accuracy = float((logits.argmax(1) == digits.y_test).mean())
+    assert f"| merged ONNX model (`hybrid.onnx`, onnxruntime) | {100 * accuracy:.2f} % |" in report
+    assert (out / "demo.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_cli_refuses_unknown_flavour() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxstitch", "demo", "--flavour", "jax"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "jax" in proc.stderr and "keras-torch" in proc.stderr
