@@ -74,6 +74,12 @@ def _use_global_pool(threads: int | None) -> None:
     size = threads or 0
     with _global_pool_lock:
         if _global_pool_threads is None:
+            # once the pool exists onnxruntime refuses sessions with pools of their own, so run the
+            # (cached) version probes of onnxstitch.files, which make such sessions, before it does
+            from onnxstitch.files._limits import ort_max_ir_version, ort_max_opset
+
+            ort_max_opset()
+            ort_max_ir_version()
             c_api.set_global_thread_pool_sizes(size, 1)
             _global_pool_threads = size
         elif _global_pool_threads != size:
@@ -116,13 +122,16 @@ class Session:
         shared_threads: run on onnxruntime's process-wide thread pool instead of a pool of its own,
             so several sessions in one process do not steal each other's cores. The pool is created
             with the first such session's ``threads``; once it exists, onnxruntime requires every
-            later session of the process to share it, so later sessions join it too.
+            later session of the process to share it, so later sessions join it too (and a plain
+            ``onnxruntime.InferenceSession`` made elsewhere with default options is refused).
         spinning: let idle intra-op threads spin (fastest for one session alone); turn it off when
             several sessions or frameworks share the cores.
 
     Raises:
         DeviceError: the device is unknown or unavailable.
         ModelFileError: the model cannot be read or onnxruntime refuses it.
+        UnsafeModelError: the file's external data would be read from outside its folder.
+        VersionError: the model's IR version or opset is newer than onnxruntime runs.
     """
 
     def __init__(
@@ -214,6 +223,9 @@ class Session:
         self._label = str(path)
         if not path.is_file():
             raise ModelFileError(f"model file {str(path)!r} does not exist or is not a file")
+        from onnxstitch.files import check_file
+
+        check_file(path)  # onnxruntime itself would follow a hardlink out of the model's folder
         if self.fp16:
             from onnxstitch.files import as_model
 

@@ -176,8 +176,33 @@ def test_unreadable_model(tmp_path: Any) -> None:
         Session(tmp_path / "nope.onnx", device="cpu")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model at all")
-    with pytest.raises(ModelFileError, match="onnxruntime cannot load the model"):
+    with pytest.raises(ModelFileError, match="bad.onnx"):
         Session(bad, device="cpu")
+
+
+def test_external_data_outside_folder_refused(tmp_path: Any, mlp_model: onnx.ModelProto) -> None:
+    from onnxstitch.errors import UnsafeModelError
+
+    outside = tmp_path / "outside"
+    inside = tmp_path / "model"
+    outside.mkdir()
+    inside.mkdir()
+    escaped = onnx.ModelProto()
+    escaped.CopyFrom(mlp_model)
+    onnx.save(
+        escaped, str(outside / "m.onnx"), save_as_external_data=True, location="w.bin", size_threshold=0
+    )
+    moved = onnx.load(str(outside / "m.onnx"), load_external_data=False)
+    for tensor in moved.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = "../outside/w.bin"
+    onnx.save(moved, str(inside / "m.onnx"))
+    with pytest.raises(UnsafeModelError):
+        Session(inside / "m.onnx", device="cpu")
+    ok = Session(outside / "m.onnx", device="cpu")  # external data next to the model is fine
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(ok.run({"x": x})["y"], Session(mlp_model, device="cpu").run({"x": x})["y"])
 
 
 def test_run_batched(mlp_model: onnx.ModelProto, mlp_ref: Any) -> None:
