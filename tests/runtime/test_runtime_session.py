@@ -176,7 +176,7 @@ def test_unreadable_model(tmp_path: Any) -> None:
         Session(tmp_path / "nope.onnx", device="cpu")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model at all")
-    with pytest.raises(ModelFileError, match="bad.onnx"):
+    with pytest.raises(ModelFileError, match=r"bad\.onnx"):
         Session(bad, device="cpu")
 
 
