@@ -130,7 +130,7 @@ def _encode_outputs(body: bytes, wanted: set[str] | bool) -> tuple[bytes, int | 
     response = orjson.loads(body)
     blobs = []
     for output in response.get("outputs", []):
-        if wanted is not True and output.get("name") not in wanted:
+        if not (wanted is True or (isinstance(wanted, set) and output.get("name") in wanted)):
             continue
         raw = encode_binary(str(output.get("datatype")), output.get("data"))
         if raw is None:
@@ -150,7 +150,7 @@ def _error_message(status: int, body: bytes) -> str:
     except (ValueError, UnicodeDecodeError):
         return body.decode("utf-8", "replace")[:500] or f"HTTP {status}"
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-        return parsed["error"]
+        return str(parsed["error"])
     detail = parsed.get("detail") if isinstance(parsed, dict) else None
     if isinstance(detail, list):  # FastAPI/pydantic validation errors: location + message, no input echo
         parts = [

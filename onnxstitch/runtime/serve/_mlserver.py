@@ -3,6 +3,7 @@ the REST middleware, and the server's life cycle."""
 
 from __future__ import annotations
 
+import builtins
 import logging
 from typing import Any
 
@@ -70,7 +71,7 @@ def _unwrap(exc: WorkerError, name: str) -> MLServerError:
     prefix, sep, message = str(exc).partition(": ")
     cls = _OUR_ERRORS.get(prefix)
     if sep and cls is not None:
-        return cls(message)  # type: ignore[no-any-return]
+        return cls(message)
     logger.error("model %r failed in a worker: %s", name, exc)
     return RunFailed(f"model {name!r} failed while running the request (see the server log)")
 
@@ -81,10 +82,10 @@ class _FixedRepository(ModelRepository):  # type: ignore[misc]
     def __init__(self, settings: ModelSettings) -> None:
         self._settings = settings
 
-    async def list(self) -> list[ModelSettings]:
+    async def list(self) -> builtins.list[ModelSettings]:
         return [self._settings]
 
-    async def find(self, name: str) -> list[ModelSettings]:
+    async def find(self, name: str) -> builtins.list[ModelSettings]:
         if name != self._settings.name:
             raise ModelNotFound(name)
         return [self._settings]
@@ -115,7 +116,8 @@ class _Server(MLServer):  # type: ignore[misc]
         super().__init__(settings)
 
     def _create_servers(self) -> None:
-        self._data_plane = _ValidatingDataPlane(self._data_plane, self._served_settings.name, self._signature)
+        inner = self._data_plane  # type: ignore[has-type]
+        self._data_plane = _ValidatingDataPlane(inner, self._served_settings.name, self._signature)
         self._model_repository_handlers = _ReadOnlyRepositoryHandlers(
             repository=_FixedRepository(self._served_settings), model_registry=self._model_registry
         )
@@ -165,7 +167,8 @@ async def run_server(
 ) -> None:
     """Start MLServer with the one model and return when it has stopped (SIGTERM/SIGINT)."""
     settings, model = _settings(served, options, runtime, platform)
-    hide = sorted({str(served.path.parent), str(served.path.parent.parent)}, key=len, reverse=True)
+    folders = {served.path.parent, served.path.parent.parent}
+    hide = sorted((str(f) for f in folders if len(f.parts) > 2), key=len, reverse=True)  # never '/' or '/tmp'
     server = _Server(settings, model, signature, hide)
     logger.info(
         "serving model %r on http://%s:%s and grpc %s",

@@ -15,7 +15,7 @@ from mlserver import MLModel
 from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 
-from onnxstitch.errors import InputError, StitchError
+from onnxstitch.errors import InputError, RunTimeoutError, StitchError
 from onnxstitch.runtime.serve._protocol import RequestTensor, decode_inputs, numpy_to_v2
 
 __all__ = ["BadRequest", "OnnxModel", "RunFailed", "RunTimedOut", "request_tensors"]
@@ -23,21 +23,21 @@ __all__ = ["BadRequest", "OnnxModel", "RunFailed", "RunTimedOut", "request_tenso
 logger = logging.getLogger(__name__)
 
 
-class BadRequest(MLServerError):
+class BadRequest(MLServerError):  # type: ignore[misc]
     """400: the request does not match the model's inputs (the message names the input)."""
 
     def __init__(self, msg: str) -> None:
         super().__init__(msg, status.HTTP_400_BAD_REQUEST)
 
 
-class RunTimedOut(MLServerError):
+class RunTimedOut(MLServerError):  # type: ignore[misc]
     """504: the run did not finish within the request timeout and was cancelled."""
 
     def __init__(self, msg: str) -> None:
         super().__init__(msg, status.HTTP_504_GATEWAY_TIMEOUT)
 
 
-class RunFailed(MLServerError):
+class RunFailed(MLServerError):  # type: ignore[misc]
     """500: onnxruntime failed while running a valid request (details in the server log only)."""
 
     def __init__(self, msg: str) -> None:
@@ -90,15 +90,12 @@ class OnnxModel(MLModel):  # type: ignore[misc]
         return InferenceResponse(model_name=self.name, model_version=self.version, outputs=outputs)
 
     def _run(self, feeds: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
-        from onnxstitch import errors
-
-        timeout_error = getattr(errors, "RunTimeoutError", None)
         try:
             return self._session.run(feeds, outputs=names, timeout=self._timeout)
         except InputError:
             raise
         except StitchError as exc:
-            if timeout_error is not None and isinstance(exc, timeout_error):
+            if isinstance(exc, RunTimeoutError):
                 raise RunTimedOut(
                     f"model {self.name!r} did not finish within the request timeout of {self._timeout} s; "
                     "the run was cancelled"
