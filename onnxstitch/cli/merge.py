@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -95,8 +96,12 @@ def _torch_model(part: PartSpec) -> onnx.ModelProto:
             f"part {part.key!r}: {part.source!r} gave a {type(obj).__name__}, not a torch.nn.Module",
             hint="name an nn.Module, an nn.Module class or a function returning one",
         )
-    return from_torch(
-        obj, examples, output_names=part.options.get("output_names"), opset=part.options.get("opset")
+    return from_torch(  # positional, in the spec's order; the spec's names become the input names
+        obj,
+        tuple(examples.values()),
+        input_names=list(examples),
+        output_names=part.options.get("output_names"),
+        opset=part.options.get("opset"),
     )
 
 
@@ -132,15 +137,23 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in {path, *files} if f.exists())
 
 
-def _summary(model: onnx.ModelProto, out: Path, links: int) -> dict[str, Any]:
+def _inserted(model: onnx.ModelProto) -> list[dict[str, str]]:
+    """The adapters the merge inserted at the seams (tagged ``<key>.adapter``)."""
     from onnxstitch import _meta
 
-    by_part = Counter(_meta.get_part(n) or "?" for n in model.graph.node)
-    inserted = [
+    return [
         {"node": n.name, "op": n.op_type}
         for n in model.graph.node
         if (_meta.get_part(n) or "").endswith(_ADAPTER_SUFFIX)
     ]
+
+
+def _summary(
+    model: onnx.ModelProto, out: Path, *, links: int, inserted: list[dict[str, str]]
+) -> dict[str, Any]:
+    from onnxstitch import _meta
+
+    by_part = Counter(_meta.get_part(n) or "?" for n in model.graph.node)
     keys = _meta.get_parts(model) or sorted(k for k in by_part if not k.endswith(_ADAPTER_SUFFIX))
     return {
         "output": str(out),
@@ -161,6 +174,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     console.print(f"wrote {summary['output']} ({summary['bytes'] / 1e6:.2f} MB, {summary['nodes']} nodes)")
     console.print(f"  parts:    {parts}")
     console.print(f"  seams:    {summary['seams']}")
+    if summary["optimized_from_nodes"] is not None:
+        console.print(f"  optimized: {summary['optimized_from_nodes']} -> {summary['nodes']} nodes")
     adapters = ", ".join(f"{a['op']} ({a['node']})" for a in summary["adapters_inserted"]) or "none"
     console.print(f"  adapters inserted: {adapters}")
     console.print(f"  inputs:   {', '.join(summary['inputs'])}")
@@ -196,42 +211,74 @@ def merge_command(
     """Stitch ONNX parts (or a YAML spec's parts) into one validated ONNX model."""
     from onnxstitch.compose import chain as run_chain
     from onnxstitch.compose import merge as run_merge
-    from onnxstitch.compose._specfile import load_spec
+    from onnxstitch.compose import optimize as run_optimize
     from onnxstitch.files import save
 
+    job = _job(sources, link or [], input_ or [], output or [], chain=chain)
+    opset = job.opset if opset is None else opset
+    optimize = job.optimize if optimize is None else optimize
+    with err_console.status("merging", spinner="dots") if not json_out else nullcontext():
+        if job.chain:
+            merged = run_chain(job.models, opset=opset)
+        else:
+            merged = run_merge(job.models, job.links, inputs=job.inputs, outputs=job.outputs, opset=opset)
+        inserted = _inserted(merged)
+        nodes_before = len(merged.graph.node)
+        if optimize:  # here rather than merge(optimize=True): the summary reports what was inserted
+            merged = run_optimize(merged)
+        save(merged, out)
+    seams = max(len(job.models) - 1, 0) if job.chain else len(job.links)
+    summary = _summary(merged, out, links=seams, inserted=inserted)
+    summary["optimized_from_nodes"] = nodes_before if optimize else None
+    if json_out:
+        print_json(summary)
+    else:
+        _print_summary(summary)
+
+
+@dataclass
+class _Job:
+    """What to merge, from the command line or a spec file."""
+
+    models: dict[str, Any]
+    links: list[str] = field(default_factory=list)
+    inputs: dict[str, Any] | None = None
+    outputs: dict[str, Any] | None = None
+    opset: int | None = None
+    optimize: bool = False
+    chain: bool = False
+
+
+def _job(sources: list[str], links: list[str], inputs: list[str], outputs: list[str], *, chain: bool) -> _Job:
+    from onnxstitch.compose._specfile import load_spec
+
     if len(sources) == 1 and sources[0].lower().endswith(_SPEC_SUFFIXES):
-        if link or input_ or output or chain:
+        if links or inputs or outputs or chain:
             raise typer.BadParameter(
                 "--link/--input/--output/--chain go into the spec file when merging a spec",
                 param_hint="SOURCES",
             )
         spec = load_spec(sources[0])
-        models: dict[str, Any] = dict(_spec_models(spec))
-        links, inputs, outputs, chain = spec.links, spec.inputs, spec.outputs, spec.chain
-        opset = spec.opset if opset is None else opset
-        optimize = spec.optimize if optimize is None else optimize
-    else:
-        if any(s.lower().endswith(_SPEC_SUFFIXES) for s in sources):
-            raise typer.BadParameter("a spec file must be the only source", param_hint="SOURCES")
-        models = dict(_parse_sources(sources))
-        links = list(link or [])
-        inputs = _parse_named(list(input_ or []), option="--input", many=True)
-        outputs = _parse_named(list(output or []), option="--output", many=False)
+        return _Job(
+            dict(_spec_models(spec)),
+            spec.links,
+            spec.inputs,
+            spec.outputs,
+            spec.opset,
+            spec.optimize,
+            spec.chain,
+        )
+    if any(s.lower().endswith(_SPEC_SUFFIXES) for s in sources):
+        raise typer.BadParameter("a spec file must be the only source", param_hint="SOURCES")
     if chain and (links or inputs or outputs):
         raise typer.BadParameter("--chain wires the parts itself: drop --link/--input/--output")
-    with err_console.status("merging", spinner="dots") if not json_out else nullcontext():
-        if chain:
-            merged = run_chain(models, opset=opset, optimize=bool(optimize))
-        else:
-            merged = run_merge(
-                models, links, inputs=inputs, outputs=outputs, opset=opset, optimize=bool(optimize)
-            )
-        save(merged, out)
-    summary = _summary(merged, out, links=len(links) if not chain else max(len(models) - 1, 0))
-    if json_out:
-        print_json(summary)
-    else:
-        _print_summary(summary)
+    return _Job(
+        dict(_parse_sources(sources)),
+        list(links),
+        _parse_named(inputs, option="--input", many=True),
+        _parse_named(outputs, option="--output", many=False),
+        chain=chain,
+    )
 
 
 def extract_command(

@@ -8,7 +8,7 @@ whether to optimize. It is read with ``yaml.safe_load`` only (no Python objects,
       to_nchw: {adapter: transpose, perm: [0, 3, 1, 2]}
       head:
         torch: mypkg.heads:make_head               # an nn.Module, or a callable returning one
-        example_inputs: {x: "1x64x8x8:float32"}    # input name -> "AxBxC[:dtype]"
+        example_inputs: {x: "1x64x8x8:float32"}    # forward's inputs in order: name -> "AxBxC[:dtype]"
       keras_part: {keras: model.keras}             # .keras / .h5 file or SavedModel directory
       other: {onnx: other.onnx}                    # the long form of an .onnx part
     links:

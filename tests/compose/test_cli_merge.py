@@ -146,6 +146,8 @@ def test_merge_inputs_and_outputs(parts: Path) -> None:
     assert summary["outputs"] == ["total"]
     assert summary["parts"] == {"a": 1, "b": 1, "c": 1}
     assert summary["seams"] == 2
+    assert summary["adapters_inserted"] == []
+    assert summary["optimized_from_nodes"] is None
     assert summary["bytes"] == out.stat().st_size
     np.testing.assert_allclose(_run(out, {"image": X})["total"], np.maximum(X, 0) - X, rtol=1e-6)
 
@@ -167,11 +169,33 @@ def test_merge_optimize_cancels_the_seam_transposes(parts: Path) -> None:
     assert _invoke("merge", *args, "-o", plain).exit_code == 0
     result = _invoke("merge", *args, "--optimize", "-o", optimized)
     assert result.exit_code == 0, result.output
+    assert "optimized: 3 -> 1 nodes" in _out(result)
     ops = [n.op_type for n in onnx.load(str(optimized)).graph.node]
     assert ops == ["Relu"]
     assert [n.op_type for n in onnx.load(str(plain)).graph.node].count("Transpose") == 2
     x = np.random.default_rng(1).standard_normal((2, 2, 3, 4)).astype(np.float32)
     np.testing.assert_array_equal(_run(optimized, {"image": x})["out"], np.maximum(x, 0))
+
+
+def test_merge_reports_the_adapters_it_inserted(tmp_path: Path) -> None:
+    producer = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 18]>
+        k (float[batch,5,6,2] image) => (float[batch,5,6,2] feat) { feat = Relu(image) }"""
+    )
+    consumer = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 18]>
+        t (float[batch,2,5,6] x) => (float[batch,2,5,6] y) { y = Neg(x) }"""
+    )
+    _meta.set_layout(producer, "feat", "NHWC")
+    _meta.set_layout(consumer, "x", "NCHW")
+    onnx.save(producer, str(tmp_path / "k.onnx"))
+    onnx.save(consumer, str(tmp_path / "t.onnx"))
+    out = tmp_path / "m.onnx"
+    result = _invoke("merge", f"k={tmp_path / 'k.onnx'}", f"t={tmp_path / 't.onnx'}", "--chain", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "adapters inserted: Transpose (t/x@transpose)" in _out(result)
+    x = np.random.default_rng(3).standard_normal((2, 5, 6, 2)).astype(np.float32)
+    np.testing.assert_array_equal(_run(out, {"image": x})["y"], -np.maximum(x, 0).transpose(0, 3, 1, 2))
 
 
 @pytest.mark.parametrize(

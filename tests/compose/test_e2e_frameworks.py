@@ -7,6 +7,7 @@ Tiny models, converted once per module; tolerance rtol 1e-4 / atol 1e-5 (fp32).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -278,3 +279,62 @@ def test_two_copies_of_one_torch_model_store_weights_once(
     # the two copies are independent parts: each comes back out whole
     left = ox.extract(merged, part="left")
     assert _initializer_bytes(left) == _initializer_bytes(single)
+
+
+# ----------------------------------------------------------------------------------- spec file
+HEAD_MODULE = """
+import torch
+
+
+def make_head() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(4, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(6, 5),
+    ).eval()
+"""
+
+SPEC = """
+parts:
+  backbone: {keras: backbone.keras}
+  head:
+    torch: e2e_heads:make_head
+    example_inputs: {x: "1x4x4x4:float32"}
+    output_names: [logits]
+  probs: {adapter: softmax, axis: -1}
+links:
+  - backbone:features->head:x
+  - head:logits->probs:x
+outputs: {probs: probs:y}
+optimize: true
+"""
+
+
+def test_cli_merge_spec_with_keras_and_torch_sources(
+    native: dict[str, Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from onnxstitch.cli import app
+
+    native["kb"].save(tmp_path / "backbone.keras")
+    (tmp_path / "e2e_heads.py").write_text(HEAD_MODULE)
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(app, ["merge", "spec.yaml", "-o", "hybrid.onnx", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{") :])  # after the "converting" lines
+    assert list(summary["parts"]) == ["backbone", "head", "probs"]
+    assert [a["op"] for a in summary["adapters_inserted"]] == ["Transpose"]  # NHWC -> NCHW at the seam
+    assert summary["optimized_from_nodes"] > summary["nodes"]  # and optimize cancelled the pair
+    import e2e_heads  # the user's module, as the spec named it
+
+    head = e2e_heads.make_head()
+
+    def reference(image: np.ndarray) -> np.ndarray:
+        features = _keras(native["kb"], image).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            return torch.softmax(head(features), dim=-1).numpy()
+
+    _check(onnx.load(str(tmp_path / "hybrid.onnx")), reference)
