@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxstitch.errors import DeviceError, InputError, MissingDependencyError, ModelFileError, StitchError
+from onnxstitch.errors import (
+    DeviceError,
+    InputError,
+    MissingDependencyError,
+    ModelFileError,
+    ModelTooLargeError,
+    StitchError,
+)
 from onnxstitch.runtime._feeds import TensorInfo, check_feeds, is_torch_tensor, ort_type_to_numpy, to_numpy
 
 __all__ = ["DEVICES", "Session", "TensorInfo", "available_providers", "resolve_providers"]
@@ -25,6 +32,7 @@ _OPTIMIZATION = ("disabled", "basic", "extended", "all")
 _CPU = "CPUExecutionProvider"
 _CUDA = "CUDAExecutionProvider"
 _TRT = "TensorrtExecutionProvider"
+_PROTOBUF_LIMIT = 2**31 - 1  # one protobuf message cannot be 2 GiB or more
 _global_pool_lock = threading.Lock()
 _global_pool_threads: int | None = None
 
@@ -130,6 +138,7 @@ class Session:
     Raises:
         DeviceError: the device is unknown or unavailable.
         ModelFileError: the model cannot be read or onnxruntime refuses it.
+        ModelTooLargeError: a ``ModelProto`` past 2 GB was given (pass its path instead).
         UnsafeModelError: the file's external data would be read from outside its folder.
         VersionError: the model's IR version or opset is newer than onnxruntime runs.
     """
@@ -210,15 +219,14 @@ class Session:
         """A path for onnxruntime (big models, external data) or the serialised model."""
         if isinstance(model_or_path, onnx.ModelProto):
             self._label = f"graph {model_or_path.graph.name!r}"
+            if model_or_path.ByteSize() >= _PROTOBUF_LIMIT:
+                raise ModelTooLargeError(
+                    f"the model ({self._label}) is past protobuf's 2 GB limit (no in-memory hand-over)",
+                    hint="save it with onnxstitch.save(model, path) (external data) and pass the path",
+                )
             model = _fp16_model(model_or_path) if self.fp16 else model_or_path
-            try:
-                data: bytes = model.SerializeToString()
-                return data
-            except ValueError as exc:
-                raise StitchError(
-                    f"the model ({self._label}) is too large to serialise in memory: {exc}",
-                    hint="save it with onnxstitch.save(model, path) and pass the path",
-                ) from exc
+            data: bytes = model.SerializeToString()
+            return data
         path = Path(model_or_path)
         self._label = str(path)
         if not path.is_file():

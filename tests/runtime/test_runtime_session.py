@@ -370,3 +370,15 @@ def test_io_binding_path_on_cpu(add_session: Session) -> None:
         out = run_bound(add_session, tensors, ["u"], symbols, "cpu", run_options)
     assert list(out) == ["u"]
     np.testing.assert_array_equal(out["u"], feeds["t"])
+
+
+def test_model_past_protobuf_limit_needs_a_path(
+    mlp_model: onnx.ModelProto, mlp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxstitch.errors import ModelTooLargeError
+    from onnxstitch.runtime import session as session_module
+
+    monkeypatch.setattr(session_module, "_PROTOBUF_LIMIT", mlp_model.ByteSize())  # pretend 2 GB is this small
+    with pytest.raises(ModelTooLargeError, match="pass the path"):
+        Session(mlp_model, device="cpu")
+    assert Session(mlp_path, device="cpu").output_names == ["y"]  # the path route is unaffected
