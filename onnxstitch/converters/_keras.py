@@ -86,8 +86,9 @@ def from_keras(
         rtol: relative tolerance of the validation (fp32 default 1e-4).
         atol: absolute tolerance of the validation (default 1e-5).
         trusted: load a ``.keras`` / ``.h5`` file with Keras ``safe_mode`` **off**, which runs any
-            Python code stored in it (``Lambda`` layers). Only for files you produced yourself.
-            SavedModels hold TensorFlow graphs, not Python code, and need no flag.
+            Python code stored in it (``Lambda`` layers), and load a SavedModel even if its graphs
+            hold ops that read/write files or call Python (loading runs its initializers). Only for
+            files you produced yourself. Without it such files are refused before they are loaded.
         layouts: ``{tensor: "NHWC" | "NCHW"}`` overrides/additions for rank-4 inputs/outputs. Keras
             sources record channels_last → NHWC / channels_first → NCHW by themselves;
             SavedModels and ``tf.function`` s record nothing unless told here.
@@ -98,7 +99,8 @@ def from_keras(
 
     Raises:
         MissingDependencyError: tensorflow, keras or tf2onnx is not installed (extra ``keras``).
-        UnsafeModelError: a Keras file would run stored Python code (``Lambda``) and ``trusted`` is off.
+        UnsafeModelError: a Keras file would run stored Python code (``Lambda``), or a SavedModel holds
+            file-system / Python-callback ops, and ``trusted`` is off.
         ModelFileError: a path that is no Keras file or SavedModel, or one that cannot be read.
         InputError: an unsupported ``model_or_path`` type or an ``input_signature`` that does not fit.
         VersionError: ``opset`` outside 9..18.
@@ -145,7 +147,7 @@ def _resolve(source: Any, signature: Signature | None, *, tf: Any, trusted: bool
                     f"{str(path)!r} is a directory but not a SavedModel (no saved_model.pb)",
                     hint="pass a SavedModel directory, a .keras/.h5 file, or a model object",
                 )
-            return trace_saved_model(path, signature, tf)
+            return trace_saved_model(path, signature, tf, trusted=trusted)
         if not path.is_file():
             raise ModelFileError(f"{str(path)!r} does not exist")
         if path.suffix.lower() not in KERAS_FILE_SUFFIXES:

@@ -483,13 +483,91 @@ def trace_tf_function(function: Any, signature: Signature | None, tf: Any) -> Tr
     return make_traced(forward, specs, names, ["output"], tf, what=what)
 
 
-def trace_saved_model(path: Path, signature: Signature | None, tf: Any) -> Traced:
-    """A :class:`Traced` for a SavedModel directory's serving signature.
+# TensorFlow ops that touch the file system or call back into Python. A serving graph never needs
+# them; table initializers and restore functions run at *load* time, so a SavedModel that holds any
+# of them is refused before TensorFlow loads it (the checkpoint ops SaveV2/RestoreV2 are in every
+# SavedModel and are not listed).
+UNSAFE_TF_OPS = frozenset(
+    {
+        "ReadFile",
+        "WriteFile",
+        "MatchingFiles",
+        "ImmutableConst",
+        "PrintV2",
+        "WholeFileReader",
+        "WholeFileReaderV2",
+        "TextLineReader",
+        "TextLineReaderV2",
+        "FixedLengthRecordReader",
+        "FixedLengthRecordReaderV2",
+        "TFRecordReader",
+        "TFRecordReaderV2",
+        "TextLineDataset",
+        "TFRecordDataset",
+        "TFRecordDatasetV2",
+        "FixedLengthRecordDataset",
+        "FixedLengthRecordDatasetV2",
+        "DatasetToTFRecord",
+        "CreateSummaryFileWriter",
+        "CreateSummaryDbWriter",
+        "SummaryWriter",
+        "PyFunc",
+        "PyFuncStateless",
+        "EagerPyFunc",
+    }
+)
+
+
+def scan_saved_model(path: Path) -> dict[str, list[str]]:
+    """``{op type: [function/node]}`` of :data:`UNSAFE_TF_OPS` in a SavedModel, read without loading it.
 
     Raises:
+        ModelFileError: ``saved_model.pb`` is not a readable SavedModel protobuf.
+    """
+    from google.protobuf import message, text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        binary = path / "saved_model.pb"
+        if binary.is_file():
+            proto.ParseFromString(binary.read_bytes())
+        else:
+            text_format.Parse((path / "saved_model.pbtxt").read_text(), proto)
+    except (OSError, UnicodeDecodeError, message.DecodeError, text_format.ParseError) as exc:
+        raise ModelFileError(f"SavedModel {str(path)!r}: saved_model.pb is not readable: {exc}") from exc
+    found: dict[str, list[str]] = {}
+    for meta in proto.meta_graphs:
+        nodes = [("graph", n) for n in meta.graph_def.node]
+        for fn in meta.graph_def.library.function:
+            nodes += [(fn.signature.name, n) for n in fn.node_def]
+        for where, node in nodes:
+            if node.op in UNSAFE_TF_OPS:
+                found.setdefault(node.op, []).append(f"{where}/{node.name}")
+    return found
+
+
+def trace_saved_model(path: Path, signature: Signature | None, tf: Any, *, trusted: bool = False) -> Traced:
+    """A :class:`Traced` for a SavedModel directory's serving signature.
+
+    Unless ``trusted``, a SavedModel holding file-system or Python-callback ops (:data:`UNSAFE_TF_OPS`)
+    is refused before TensorFlow loads it (loading runs initializer functions).
+
+    Raises:
+        UnsafeModelError: such ops were found and ``trusted`` is off.
         ModelFileError: TensorFlow cannot load it, or it has no (unambiguous) serving signature.
     """
     what = f"SavedModel {str(path)!r}"
+    if not trusted:
+        unsafe = scan_saved_model(path)
+        if unsafe:
+            listing = "; ".join(f"{op} ({', '.join(where)})" for op, where in sorted(unsafe.items()))
+            raise UnsafeModelError(
+                f"{what} holds TensorFlow ops that read/write files or call Python: {listing}; "
+                "loading or running it could touch files outside the model, so it was not loaded",
+                hint="convert a trusted model from code (build it in Python and pass the object), or pass "
+                "trusted=True if you produced this SavedModel yourself",
+            )
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:

@@ -373,6 +373,40 @@ def test_saved_model_directory(files: Path, cnn: Any) -> None:
     assert _meta.get_layouts(told) == {"image": "NHWC"}  # ... unless told
 
 
+@pytest.fixture(scope="module")
+def writer_saved_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A SavedModel whose serving function writes a marker file when it runs."""
+    folder = tmp_path_factory.mktemp("writer")
+    marker = folder / "written.txt"
+
+    class Writer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec((None, 2), tf.float32, name="x")])
+        def serve(self, x: Any) -> Any:
+            tf.io.write_file(str(marker), "ran")
+            return {"y": x * 2.0}
+
+    module = Writer()
+    tf.saved_model.save(module, str(folder / "saved"), signatures={"serving_default": module.serve})
+    assert not marker.exists()  # saving traces, it does not run
+    return folder / "saved", marker
+
+
+def test_saved_model_with_file_ops_refused_before_loading(writer_saved_model: tuple[Path, Path]) -> None:
+    path, marker = writer_saved_model
+    with pytest.raises(UnsafeModelError) as info:
+        from_keras(path)
+    assert "WriteFile" in str(info.value) and "trusted=True" in str(info.value)
+    assert not marker.exists()
+
+
+def test_trusted_saved_model_loads(writer_saved_model: tuple[Path, Path]) -> None:
+    path, marker = writer_saved_model
+    converted = from_keras(path, trusted=True, validate=False)
+    assert io_names(converted) == (["x"], ["y"])
+    assert "WriteFile" not in {n.op_type for n in converted.graph.node}  # tf2onnx prunes it
+    assert not marker.exists()  # loading and converting ran nothing
+
+
 @pytest.mark.parametrize(
     ("make", "error", "match"),
     [
