@@ -1,8 +1,8 @@
 """``onnxstitch serve`` as a real subprocess, called with NVIDIA's tritonclient and raw HTTP.
 
-Two servers per module: ``adder`` (a model file, adaptive batching, a 1 MiB body limit, one worker
-process) and ``slow`` (a Triton repository written by ``deploy_triton``, a 0.5 s request timeout,
-the model in the server process, bound to 127.0.0.2).
+Two servers per module: ``adder`` (a model file, adaptive batching, a 1 MiB body limit, no request
+timeout, one worker process) and ``slow`` (a Triton repository written by ``deploy_triton``, a 0.5 s
+request timeout, the model in the server process, bound to 127.0.0.2).
 """
 
 from __future__ import annotations
@@ -55,7 +55,18 @@ def local(add_model: onnx.ModelProto) -> ox.Session:
 def adder(add_model: onnx.ModelProto, workdir: Path) -> Iterator[Server]:
     path = workdir / "add model.onnx"
     onnx.save(add_model, path)
-    args = ("--name", "adder", "--max-batch-size", "8", "--max-batch-time", "0.005", "--max-body-mb", "1")
+    args = (
+        "--name",
+        "adder",
+        "--max-batch-size",
+        "8",
+        "--max-batch-time",
+        "0.005",
+        "--max-body-mb",
+        "1",
+        "--timeout",
+        "0",
+    )
     with running(path, workdir / "adder.log", *args) as server:
         yield server
 
