@@ -48,7 +48,8 @@ def load(path: str | os.PathLike[str], *, verify: bool = False) -> onnx.ModelPro
     the protobuf is parsed; an IR version or ``ai.onnx`` opset newer than the installed onnxruntime
     runs is refused; every external-data reference is validated (a relative path to a regular,
     single-link file inside the model's folder, no symlinks on the way, offset and length inside the
-    file and matching the tensor) and then read by us into the tensors; finally ``onnx.checker``.
+    file and matching the tensor); ``onnx.checker`` runs on the file; then the external bytes are
+    read by us into the tensors.
 
     External data is always read into memory, so the returned model never points at files that a
     later step would resolve against another folder.  A file of 2 GB or more cannot be one protobuf.

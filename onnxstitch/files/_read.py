@@ -113,22 +113,18 @@ def _check_structure(model: onnx.ModelProto, name: str, head: bytes) -> None:
         )
 
 
-def _check_model(model: onnx.ModelProto, name: str) -> None:
+def _check_model(path: Path) -> None:
+    """``onnx.checker`` on the file, after its external data was validated and before it is read.
+
+    The path form checks external files by location without reading them, so a model of any size
+    is checked at the cost of its ``.onnx`` file alone.
+    """
     try:
-        size = model.ByteSize()
-    except Exception:
-        size = PROTOBUF_LIMIT
-    if size >= PROTOBUF_LIMIT:
-        logger.info(
-            "%s: %d bytes in memory, past what onnx.checker takes; structure checks skipped", name, size
-        )
-        return
-    try:
-        onnx.checker.check_model(model)
-    except Exception as exc:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # onnx's ValidationError and protobuf errors
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelFileError(
-            f"{name} is not a valid ONNX model: {first}",
+            f"{path.name} is not a valid ONNX model: {first}",
             hint="re-export the model; the checker's message above names the node or tensor at fault",
         ) from exc
 
@@ -183,6 +179,6 @@ def load_model(path: Path, *, verify: bool) -> onnx.ModelProto:
         root = path.parent.resolve()
         for rel in sorted({ref.path.relative_to(root).as_posix() for ref in refs}):
             _manifest.verify_file(manifest, path, rel)
+    _check_model(path)
     load_external_data(model, refs)
-    _check_model(model, path.name)
     return model

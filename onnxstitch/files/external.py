@@ -259,14 +259,15 @@ def _read_exact(ref: ExternalRef) -> bytes:
             raise UnsafeModelError(f"{where}: {str(ref.path)!r} changed while the model was being loaded")
         if ref.offset + ref.length > st.st_size:
             raise ModelFileError(f"{where}: file shrank while the model was being loaded")
-        chunks: list[bytes] = []
-        remaining, position = ref.length, ref.offset
-        while remaining:
-            chunk = os.pread(fd, min(remaining, 1 << 26), position)
+        data = os.pread(fd, ref.length, ref.offset)  # one read; the kernel caps one call near 2 GiB
+        if len(data) == ref.length:
+            return data
+        chunks, position = [data], ref.offset + len(data)
+        while position < ref.offset + ref.length:
+            chunk = os.pread(fd, ref.offset + ref.length - position, position)
             if not chunk:
                 raise ModelFileError(f"{where}: unexpected end of file")
             chunks.append(chunk)
-            remaining -= len(chunk)
             position += len(chunk)
         return b"".join(chunks)
     finally:
