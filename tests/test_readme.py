@@ -1,0 +1,220 @@
+"""Every code block of README.md, docs/tutorial.md and docs/howto/*.md is executed here.
+
+Each document runs as a reader would run it: top to bottom, in one fresh folder, in one Python
+process (``python`` blocks share their variables, like one interactive session; ``bash`` blocks run
+with ``bash -euo pipefail`` in the same folder). An HTML comment right above a block changes how it
+runs::
+
+    <!-- doctest: run -->                  the default: run it
+    <!-- doctest: file NAME -->            write the block's text to NAME (a YAML spec, a module)
+    <!-- doctest: background ... -->       start it (a server), wait until /v2/health/ready answers on
+                                           the --port it names, stop it (SIGTERM) after the next block
+    <!-- doctest: make-dry-run ... -->     each `make TARGET` line: `make -n TARGET` in the repository
+                                           (the real `make demo` command is run by tests/demo; `make
+                                           test` is this suite)
+    <!-- doctest: gpu -->                  run only where onnxruntime offers CUDA (the GPU check)
+
+Ports 8000/8001 in a document are replaced by free ports, so a run never meets another server.
+This file is also the runner: ``python tests/test_readme.py DOC`` (from the folder to run in).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = [
+    REPO / "README.md",
+    REPO / "docs" / "tutorial.md",
+    *sorted((REPO / "docs" / "howto").glob("*.md")),
+]
+MARKERS = ("run", "file", "background", "make-dry-run", "gpu")
+_FENCE = re.compile(r"^```(\w*)\s*$")
+_MARKER = re.compile(r"^<!--\s*doctest:\s*([\w-]+)\s*(.*?)\s*-->\s*$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced code block: its language, text, doctest marker (and argument) and first line."""
+
+    lang: str
+    code: str
+    marker: str
+    arg: str
+    line: int
+
+
+def parse_blocks(text: str) -> list[Block]:
+    """The fenced code blocks of a Markdown text, with the doctest marker right above each."""
+    blocks: list[Block] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        fence = _FENCE.match(lines[i])
+        if not fence:
+            i += 1
+            continue
+        start = i
+        i += 1
+        body = []
+        while i < len(lines) and lines[i].rstrip() != "```":
+            body.append(lines[i])
+            i += 1
+        prev = next((lines[j] for j in range(start - 1, -1, -1) if lines[j].strip()), "")
+        marker = _MARKER.match(prev.strip())
+        name, arg = (marker.group(1), marker.group(2)) if marker else ("run", "")
+        blocks.append(Block(fence.group(1), "\n".join(body) + "\n", name, arg, start + 1))
+        i += 1
+    return blocks
+
+
+# --------------------------------------------------------------------------------------- runner
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"background block exited with {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"nothing ready on port {port} after {timeout:.0f} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _has_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def _make_dry_run(code: str) -> None:
+    for line in code.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:1] == ["make"]:
+            subprocess.run(["make", "-n", *words[1:]], cwd=REPO, check=True)
+
+
+def run_document(doc: Path) -> None:
+    """Run every block of ``doc`` in the current folder (see the module docstring)."""
+    ports = {"8000": str(_free_port()), "8001": str(_free_port())}
+    namespace: dict[str, object] = {"__name__": "__main__"}
+    background: subprocess.Popen[bytes] | None = None
+    try:
+        for block in parse_blocks(doc.read_text(encoding="utf-8")):
+            code = re.sub(r"\b(8000|8001)\b", lambda m: ports[m.group(1)], block.code)
+            where = f"{doc.name}:{block.line}"
+            print(f"--- {where} [{block.lang} {block.marker}]", flush=True)
+            started = time.perf_counter()
+            if block.marker == "file":
+                Path(block.arg).write_text(code, encoding="utf-8")
+            elif block.marker == "make-dry-run":
+                _make_dry_run(code)
+            elif block.marker == "background":
+                background = subprocess.Popen(["bash", "-c", "exec " + code.strip()], start_new_session=True)
+                _wait_ready(int(re.search(r"--port (\d+)", code).group(1)), background)  # type: ignore[union-attr]
+                continue
+            elif block.marker == "gpu" and not _has_cuda():
+                print("    skipped: no CUDA here")
+            elif block.lang == "python":
+                exec(compile(code, where, "exec"), namespace)
+            elif block.lang == "bash":
+                subprocess.run(["bash", "-euo", "pipefail", "-c", code], check=True)
+            else:
+                raise ValueError(f"{where}: cannot run a {block.lang!r} block (mark it: doctest: file NAME)")
+            print(f"    ok in {time.perf_counter() - started:.1f} s", flush=True)
+            if background is not None:
+                _stop(background)
+                background = None
+    finally:
+        if background is not None:
+            _stop(background)
+
+
+if __name__ == "__main__":
+    run_document(Path(sys.argv[1]))
+    sys.exit(0)
+
+
+# ---------------------------------------------------------------------------------------- tests
+import pytest  # noqa: E402  (the runner above needs no pytest)
+
+
+def _doc_id(doc: Path) -> str:
+    return str(doc.relative_to(REPO))
+
+
+def test_every_block_is_runnable_as_marked() -> None:
+    for doc in DOCS:
+        blocks = parse_blocks(doc.read_text(encoding="utf-8"))
+        assert blocks, f"{_doc_id(doc)} has no code block"
+        for b in blocks:
+            where = f"{_doc_id(doc)}:{b.line}"
+            assert b.marker in MARKERS, f"{where}: unknown doctest marker {b.marker!r}"
+            if b.marker == "file":
+                assert b.arg, f"{where}: 'doctest: file' needs a file name"
+            else:
+                assert b.lang in ("python", "bash"), f"{where}: a {b.lang!r} block needs 'doctest: file NAME'"
+
+
+def test_links_resolve() -> None:
+    link = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+    for doc in DOCS:
+        for target in link.findall(doc.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{_doc_id(doc)} links to a missing {target}"
+
+
+def test_make_targets_run_the_documented_commands() -> None:
+    demo = subprocess.run(["make", "-n", "demo"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    test = subprocess.run(["make", "-n", "test"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "-m onnxstitch demo --out demo-out" in demo
+    assert "-m pytest" in test
+    if not (REPO / ".install.stamp").exists():  # a fresh checkout: the CPU torch pin comes first
+        assert demo.index("torch==2.13.0") < demo.index("-e '.[dev]'") < demo.index("onnxstitch demo")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", DOCS, ids=_doc_id)
+def test_document_runs(doc: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), str(doc)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    ran = proc.stdout.count("    ok in ") + proc.stdout.count("    skipped: ")
+    assert ran == len(parse_blocks(doc.read_text(encoding="utf-8"))) - proc.stdout.count("background]")
