@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import onnx.parser
+import pytest
 from compose_helpers import assert_valid, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import onnxstitch as ox
+from onnxstitch import _meta as ox_meta
+from onnxstitch.errors import SeamError
 
 UNARY = ["Relu", "Tanh", "Neg", "Abs", "Sigmoid", "Linear"]
 BINARY = ["Add", "Mul", "Sub"]
@@ -98,3 +103,66 @@ def test_random_dag_matches_parts_run_one_by_one(case):
     assert set(got) == set(expected)
     for name, want in expected.items():
         np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6)
+
+
+LOGICAL = (2, 3, 4, 5)  # N, C, H, W: distinct sizes, so a wrong layout never fits by accident
+TO_PHYSICAL = {"NCHW": (0, 1, 2, 3), "NHWC": (0, 2, 3, 1)}
+DTYPES = {"float": np.float32, "double": np.float64}
+
+
+def _layout_part(i: int, op: str, dtype: str, layout: str, declared: bool) -> onnx.ModelProto:
+    shape = ", ".join(["batch", *(str(LOGICAL[a]) for a in TO_PHYSICAL[layout][1:])])
+    model = onnx.parser.parse_model(
+        f"""
+        <ir_version: 10, opset_import: ["" : 20]>
+        q{i} ({dtype}[{shape}] x) => ({dtype}[{shape}] y) {{ y = {op}(x) }}"""
+    )
+    if declared:
+        ox_meta.set_layout(model, "x", layout)
+        ox_meta.set_layout(model, "y", layout)
+    return model
+
+
+@st.composite
+def layout_chains(draw: st.DrawFn) -> list[tuple[str, str, str, bool]]:
+    n = draw(st.integers(min_value=2, max_value=4))
+    dtypes = sorted(
+        draw(st.lists(st.sampled_from(["float", "double"]), min_size=n, max_size=n)),
+        key=["float", "double"].index,
+    )
+    return [
+        (
+            draw(st.sampled_from(["Neg", "Abs", "Relu"])),
+            dtypes[i],
+            draw(st.sampled_from(["NCHW", "NHWC"])),
+            draw(st.booleans()),
+        )
+        for i in range(n)
+    ]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layout_chains())
+def test_random_layout_and_dtype_seams(chain):
+    """Known, differing layouts get a Transpose, float32 -> float64 a Cast; unknown differing layouts fail."""
+    parts = {f"q{i}": _layout_part(i, *spec) for i, spec in enumerate(chain)}
+    must_fail = any(a[2] != b[2] and not (a[3] and b[3]) for a, b in itertools.pairwise(chain))
+    if must_fail:
+        with pytest.raises(SeamError):
+            ox.chain(parts)
+        return
+    merged = ox.chain(parts)
+    assert_valid(merged)
+    logical = np.random.default_rng(1).standard_normal(LOGICAL)
+    x = np.transpose(logical, TO_PHYSICAL[chain[0][2]]).astype(DTYPES[chain[0][1]])
+    value = x
+    for i, (op, dtype, layout, _) in enumerate(chain):
+        if i:
+            prev = chain[i - 1][2]
+            if prev != layout:  # back to logical NCHW, then to this part's layout
+                value = np.transpose(np.transpose(value, np.argsort(TO_PHYSICAL[prev])), TO_PHYSICAL[layout])
+            value = value.astype(DTYPES[dtype])
+        value = {"Neg": np.negative, "Abs": np.abs, "Relu": lambda v: np.maximum(v, 0)}[op](value)
+    got = run(merged, {"x": x})["y"]
+    assert got.dtype == value.dtype
+    np.testing.assert_allclose(got, value, rtol=1e-6, atol=1e-7)
