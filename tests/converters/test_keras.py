@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
 import sys
 import zipfile
 from collections.abc import Callable
@@ -575,3 +576,12 @@ def test_missing_dependency(monkeypatch: pytest.MonkeyPatch, cnn: Any, module: s
         from_keras(cnn, validate=False)
     assert info.value.package == package and info.value.extra == "keras"
     assert "onnxstitch[keras]" in str(info.value)
+
+
+def test_importing_the_converter_does_not_import_tensorflow() -> None:
+    code = (
+        "import sys, onnxstitch.converters._keras as k; "
+        "print(sorted(m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
