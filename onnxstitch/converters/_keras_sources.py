@@ -105,13 +105,20 @@ def _is_one_spec(value: Any, tf: Any) -> bool:
     )
 
 
+def _as_tf_dtype(dtype: Any, tf: Any) -> Any:
+    try:
+        return tf.as_dtype(dtype)  # "float32", np.float32, tf.float32
+    except TypeError:
+        return tf.as_dtype(np.dtype(dtype))  # "f4", "<f4", ...
+
+
 def _one_spec(value: Any, tf: Any, *, where: str) -> Any:
     if isinstance(value, tf.TensorSpec):
         return value
     if _is_one_spec(value, tf):
         shape, dtype = value
         try:
-            return tf.TensorSpec([None if d is None else int(d) for d in shape], tf.as_dtype(np.dtype(dtype)))
+            return tf.TensorSpec([None if d is None else int(d) for d in shape], _as_tf_dtype(dtype, tf))
         except (TypeError, ValueError) as exc:
             raise InputError(f"{where}: cannot read {value!r} as (shape, dtype): {exc}") from exc
     raise InputError(

@@ -221,6 +221,13 @@ def test_sequential_signature_as_shape_dtype_pair() -> None:
     model = keras_models.sequential_built()
     converted = from_keras(model, input_signature={"rows": ((None, 6), "float32")})
     assert io_names(converted)[0] == ["rows"]
+    for dtype in (np.float32, tf.float32, "f4"):
+        again = from_keras(model, input_signature=[((None, 6), dtype)], validate=False)
+        assert again.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    with pytest.raises(InputError, match="shape, dtype"):
+        from_keras(model, input_signature=[((None, 6), "no-such-dtype")])
+    with pytest.raises(InputError, match="input_signature"):
+        from_keras(model, input_signature=42)
 
 
 def test_unbuilt_model_refused() -> None:
