@@ -187,15 +187,23 @@ def _load_all(models: Mapping[str, ModelLike]) -> dict[str, _Source]:
     if problems:
         raise SpecError("invalid part keys:\n  " + "\n  ".join(problems))
     sources: dict[str, _Source] = {}
+    failures: list[ModelFileError] = []
     for key, model in models.items():
-        if isinstance(model, onnx.ModelProto):
-            check_in_memory(key, model)
-            sources[key] = (model, False, None)
-        elif isinstance(model, str | os.PathLike):
-            loaded, folder = load_path(key, model)
-            sources[key] = (loaded, True, folder)
-        else:
+        if not isinstance(model, onnx.ModelProto | str | os.PathLike):
             raise SpecError(f"part {key!r} must be an onnx.ModelProto or a path, got {type(model).__name__}")
+        try:
+            if isinstance(model, onnx.ModelProto):
+                check_in_memory(key, model)
+                sources[key] = (model, False, None)
+            else:
+                loaded, folder = load_path(key, model)
+                sources[key] = (loaded, True, folder)
+        except ModelFileError as exc:
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        raise type(failures[0])("several parts cannot be read:\n  " + "\n  ".join(str(f) for f in failures))
     return sources
 
 

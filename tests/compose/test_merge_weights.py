@@ -96,3 +96,11 @@ def test_equal_shapes_different_values_not_shared():
     a, b = linear("a", 4, 4, 0), linear("b", 4, 4, 1)
     merged = ox.chain({"a": a, "b": b})
     assert len(merged.graph.initializer) == 4
+
+
+def test_every_unreadable_part_reported(tmp_path):
+    with pytest.raises(ModelFileError) as info:
+        ox.merge({"a": tmp_path / "a.onnx", "b": tmp_path / "b.onnx"})
+    assert "several parts cannot be read" in str(info.value)
+    assert "part 'a'" in str(info.value)
+    assert "part 'b'" in str(info.value)
