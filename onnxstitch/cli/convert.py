@@ -11,6 +11,7 @@ Examples::
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -265,6 +266,8 @@ def torch_command(
     """Convert a PyTorch module (from your code) or a trusted torch.export .pt2 file to ONNX."""
     from onnxstitch.converters import from_torch
 
+    # torch warns about every optional torchvision op it cannot register: noise on a command line
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     if static and dynamic:
         raise StitchError("--static and --dynamic exclude each other", hint="use one of them")
     dynamic_dims = {} if static else (parse_dynamic(dynamic) if dynamic else None)

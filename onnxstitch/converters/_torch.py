@@ -599,12 +599,13 @@ def _reference(
     torch: Any, source: _Source, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Callable[..., list[np.ndarray]]:
     """The torch side of the validation: numpy arrays in graph-input order -> outputs in order."""
-    dtypes = [t.dtype for t in [*args, *kwargs.values()]]
+    examples = [*args, *kwargs.values()]  # the module runs where (and in the dtype) its examples are
     keys = list(kwargs)
 
     def run(*arrays: np.ndarray) -> list[np.ndarray]:
         tensors = [
-            torch.from_numpy(np.ascontiguousarray(a)).to(d) for a, d in zip(arrays, dtypes, strict=True)
+            torch.from_numpy(np.ascontiguousarray(a)).to(device=t.device, dtype=t.dtype)
+            for a, t in zip(arrays, examples, strict=True)
         ]
         with torch.inference_mode():
             out = source.run(**dict(zip(keys, tensors, strict=True))) if keys else source.run(*tensors)

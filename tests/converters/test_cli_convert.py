@@ -203,6 +203,21 @@ def test_convert_torch_pt2_needs_trusted(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "--trusted" in _err(result) and "run arbitrary code" in _err(result)
 
 
+def test_convert_torch_pt2_with_trusted(tmp_path: Path) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    program = torch.export.export(
+        torch.nn.Linear(4, 2), (torch.randn(2, 4),), dynamic_shapes=({0: torch.export.Dim("n")},)
+    )
+    torch.export.save(program, str(tmp_path / "lin.pt2"))
+    out = tmp_path / "lin.onnx"
+    result = _invoke("convert", "torch", str(tmp_path / "lin.pt2"), "--trusted", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert _dims(onnx.load(str(out))) == {"input": ["batch", 4], "output": ["batch", 2]}
+    assert "parity: ✓" in result.stdout
+
+
 def test_convert_usage_error_exit_2(workdir: Path) -> None:
     assert _invoke("convert", "torch", f"{workdir.name}:build").exit_code == 2  # no -o
     assert _invoke("convert", "pytorch", "x", "-o", "y.onnx").exit_code == 2  # no such source

@@ -20,7 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch_models import CNN, MLP, DataDependent, Noisy, Tokens, TwoTower, seeded  # noqa: E402
+from torch_models import CNN, MLP, Broken, DataDependent, Noisy, Pair, Tokens, TwoTower, seeded  # noqa: E402
 
 import onnxstitch as ox  # noqa: E402
 from onnxstitch import _meta  # noqa: E402
@@ -197,6 +197,19 @@ def test_static_dims_custom_input_name_and_opset() -> None:
     model = ox.from_torch(module, torch.randn(3, 6), dynamic_dims={}, input_names=["x"], opset=18)
     assert _dims(model) == {"x": [3, 6], "output": [3, 3]}
     assert {o.domain: o.version for o in model.opset_import}[""] == 18
+
+
+def test_input_left_out_of_dynamic_dims_is_static() -> None:
+    model = ox.from_torch(Pair(), (torch.randn(2, 3), torch.randn(4, 5)), dynamic_dims={"a": {0: "batch"}})
+    assert _dims(model) == {"a": ["batch", 3], "b": [4, 5], "output_0": ["batch", 3], "output_1": [4, 5]}
+
+
+def test_both_exporters_failing_names_module_and_reasons() -> None:
+    with pytest.raises(ConversionError) as info:
+        ox.from_torch(Broken(), torch.randn(2, 3), validate=False)
+    text = str(info.value)
+    assert text.startswith("torch module Broken could not be exported to ONNX")
+    assert "dynamo exporter: RuntimeError" in text and "TorchScript exporter: RuntimeError" in text
 
 
 def test_layout_override_wins() -> None:

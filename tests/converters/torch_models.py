@@ -87,3 +87,17 @@ def seeded(cls: type[nn.Module], seed: int = 0) -> nn.Module:
 def make_mlp() -> nn.Module:
     """Factory for the CLI tests (``torch_models:make_mlp``)."""
     return seeded(MLP)
+
+
+class Pair(nn.Module):
+    """Two independent inputs and outputs: one can be dynamic while the other stays static."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return a * 2, b + 1
+
+
+class Broken(nn.Module):
+    """forward fails on its example inputs: no exporter can trace it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ torch.ones(5, 2)
