@@ -150,7 +150,7 @@ def _resolve(source: Any, signature: Signature | None, *, tf: Any, trusted: bool
             return trace_saved_model(path, signature, tf, trusted=trusted)
         if not path.is_file():
             raise ModelFileError(f"{str(path)!r} does not exist")
-        if path.suffix.lower() not in KERAS_FILE_SUFFIXES:
+        if path.suffix not in KERAS_FILE_SUFFIXES:
             raise ModelFileError(
                 f"{str(path)!r} is not a Keras model file (expected {', '.join(KERAS_FILE_SUFFIXES)})",
                 hint="ONNX files need no conversion: use onnxstitch.load(path)",

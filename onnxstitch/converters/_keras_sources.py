@@ -28,6 +28,7 @@ from onnxstitch.errors import ConversionError, InputError, ModelFileError, Unsaf
 logger = logging.getLogger(__name__)
 
 KERAS_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
+MAX_CONFIG_BYTES = 64 * 2**20  # a model's architecture JSON; a bigger one is a zip bomb, not a model
 
 # One input described by the user: a tf.TensorSpec, or (shape, dtype) with dtype a numpy-style name.
 SpecLike = Any
@@ -242,6 +243,12 @@ def _read_keras_config(path: Path) -> Any:
     try:
         if path.suffix == ".keras":
             with zipfile.ZipFile(path) as archive:
+                size = archive.getinfo("config.json").file_size
+                if size > MAX_CONFIG_BYTES:
+                    raise ModelFileError(
+                        f"{str(path)!r}: config.json claims {size} bytes (limit {MAX_CONFIG_BYTES}); "
+                        "not a Keras model config"
+                    )
                 return json.loads(archive.read("config.json"))
         import h5py
 

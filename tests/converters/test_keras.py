@@ -348,6 +348,14 @@ def test_trusted_file_runs_lambda(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert_parity(converted, keras_native(model))
 
 
+def test_keras_file_with_oversized_config_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", b" " * (65 * 2**20))  # compresses to ~65 KB
+    with pytest.raises(ModelFileError, match=r"config\.json claims"):
+        from_keras(path)
+
+
 def test_keras_file_with_function_gadget_refused(tmp_path: Path, files: Path) -> None:
     """A config that names ``os.system`` as an activation is not resolved (Keras safe mode)."""
     with zipfile.ZipFile(files / "cnn.keras") as archive:
