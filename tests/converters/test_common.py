@@ -154,3 +154,13 @@ def test_require(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MissingDependencyError, match="tensorflow") as info:
         _common.require("tensorflow", package="tensorflow", extra="keras", purpose="Converting Keras")
     assert "onnxstitch[keras]" in str(info.value)
+
+
+def test_finalize_through_a_file_past_the_protobuf_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the > 2 GB route, taken here by lowering the threshold: same result, weights loaded back inside
+    model = _model(TWO_IN)
+    expected = _common.finalize(model, what="m")
+    monkeypatch.setattr(_common, "_PROTOBUF_LIMIT", 0)
+    out = _common.finalize(_model(TWO_IN), what="m")
+    assert out.graph == expected.graph
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in out.graph.initializer)

@@ -146,6 +146,18 @@ def test_no_side_files_written(mlp_case: dict[str, Any]) -> None:
     )
 
 
+def test_large_model_route_leaves_no_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # past ~1.8 GB of weights the exporter writes to a temp dir; lower the bar to take that route
+    from onnxstitch.converters import _torch
+
+    monkeypatch.setattr(_torch, "_LARGE_BYTES", 0)
+    monkeypatch.chdir(tmp_path)
+    model = ox.from_torch(seeded(MLP), torch.randn(2, 6))
+    assert list(tmp_path.iterdir()) == []
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert sum(len(t.raw_data) for t in model.graph.initializer) >= (6 * 16 + 16 + 16 * 3 + 3) * 4
+
+
 def test_cnn_eval_mode_parity_and_layouts(cnn_case: dict[str, Any]) -> None:
     model, module = cnn_case["model"], cnn_case["module"]
     assert module.training  # the caller's module stays in train mode
