@@ -59,3 +59,20 @@ def test_missing_mlserver_names_the_extra(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "MISSING" in done.stdout, done.stderr[-2000:]
     assert "onnxstitch[serve]" in done.stdout
+
+
+def test_clash_with_tritonclient_grpc_is_explained(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save(model(ADD), path)
+    code = (
+        "import tritonclient.grpc\n"
+        "from onnxstitch.errors import ServeError\n"
+        "from onnxstitch.runtime.serve import serve\n"
+        "try:\n"
+        f"    serve({str(path)!r}, port=9006, grpc_port=9007)\n"
+        "except ServeError as exc:\n"
+        "    print('CLASH', exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "CLASH" in done.stdout, done.stderr[-2000:]
+    assert "in its own process" in done.stdout

@@ -78,9 +78,15 @@ def _check_batching(max_batch_size: int, inputs: list[TensorInfo], outputs: list
 
 def _import_mlserver() -> None:
     try:
-        import mlserver  # noqa: F401
+        import mlserver.grpc.dataplane_pb2  # noqa: F401
     except ImportError as exc:
         raise MissingDependencyError("mlserver", extra="serve", purpose="onnxstitch serve") from exc
+    except TypeError as exc:  # protobuf: "duplicate symbol 'inference.ServerLiveRequest'"
+        raise ServeError(
+            f"MLServer cannot load its protocol messages in this process: {exc}",
+            hint="tritonclient.grpc (or another copy of the v2 protocol) was imported here first; "
+            "run `onnxstitch serve` in its own process",
+        ) from exc
 
 
 def _check_options(
@@ -144,11 +150,13 @@ def serve(
     Raises:
         ServeError: the target, name or an option is invalid, or the model cannot be batched.
         MissingDependencyError: MLServer is not installed (``pip install 'onnxstitch[serve]'``).
+        ServeError: also when ``tritonclient.grpc`` was imported in this process before: its copy
+            of the protocol's protobuf messages clashes with MLServer's (run the server in its own
+            process, as the command line does).
         ModelFileError: the model file cannot be read.
     """
     _check_options(host, port, grpc_port, workers, timeout, max_body_bytes)
     served = resolve_target(target, name=name)
-    _import_mlserver()
     from onnxstitch.files import load
     from onnxstitch.files.manifest import manifest_path
 
@@ -157,6 +165,7 @@ def serve(
     del proto
     batch = (served.max_batch_size or 0) if max_batch_size is None else max_batch_size
     _check_batching(batch, inputs, outputs)
+    _import_mlserver()
     if on_start is not None:
         on_start(served)
     from onnxstitch.runtime.serve._mlserver import run_server
