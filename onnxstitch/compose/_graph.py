@@ -206,9 +206,11 @@ class GraphBuilder:
         part_inputs = [vi.name for vi in graph_inputs(self.parts[key].model)]
         for name in part_inputs:
             end = (key, name)
+            if end in self.adapters:
+                continue  # the adapter writes the part's own scoped name
             if end in self.plan.feeds:
                 overrides[name] = self.plan.feeds[end]
-            elif end in self.fed_by_link and end not in self.adapters:
+            elif end in self.fed_by_link:
                 link = self.fed_by_link[end]
                 overrides[name] = self.renames[link.src_part](link.src_tensor)
         for vi in self.parts[key].model.graph.output:
@@ -257,8 +259,13 @@ class GraphBuilder:
         self._output_identities(key, overrides)
 
     def _adapter(self, key: str, name: str, adapter: Adapter) -> None:
-        link = self.fed_by_link[(key, name)]
-        current = self.renames[link.src_part](link.src_tensor)
+        if (key, name) in self.plan.feeds:
+            source = f"merged input {self.plan.feeds[(key, name)]!r} -> {key}:{name}"
+            current = self.plan.feeds[(key, name)]
+        else:
+            link = self.fed_by_link[(key, name)]
+            source = str(link)
+            current = self.renames[link.src_part](link.src_tensor)
         steps: list[onnx.NodeProto] = []
         if adapter.perm is not None:
             out = f"{key}/{name}@transposed" if adapter.cast_to is not None else f"{key}/{name}"
@@ -270,7 +277,7 @@ class GraphBuilder:
             node.name = f"{key}/{name}@{node.op_type.lower()}"
             _meta.set_prop(node, _meta.PART, key + ADAPTER_SUFFIX)
             self.model.graph.node.append(node)
-        log.info("seam %s: inserted %s", link, adapter.describe())
+        log.info("seam %s: inserted %s", source, adapter.describe())
 
     def _value_info(self, key: str, rename: Callable[[str], str], interface: set[str]) -> None:
         """Carry the part's value_info (and its seam outputs' types) over, renamed, dims unified."""
@@ -343,9 +350,10 @@ class GraphBuilder:
         _meta.set_prop(self.model, _meta.SOURCE, "merged")
         _meta.set_prop(self.model, _meta.PARTS, json.dumps(list(keys_in_order)))
         for name, ends in self.plan.merged_inputs.items():
-            layouts = {_meta.get_layouts(self.parts[k].source).get(t) for k, t in ends}
-            if len(layouts) == 1 and None not in layouts:
-                _meta.set_layout(self.model, name, layouts.pop())  # type: ignore[arg-type]
+            first_key, first_tensor = ends[0]  # a merged input takes its first part input's layout
+            layout = _meta.get_layouts(self.parts[first_key].source).get(first_tensor)
+            if layout:
+                _meta.set_layout(self.model, name, layout)
         for name, (key, tensor) in self.plan.merged_outputs.items():
             layout = _meta.get_layouts(self.parts[key].source).get(tensor)
             if layout:

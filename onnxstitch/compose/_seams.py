@@ -7,8 +7,9 @@ Everything here runs before anything is built. Rules (DESIGN.md, "Rules at a sea
       a Transpose (NHWC → NCHW: perm (0, 3, 1, 2); NCHW → NHWC: (0, 2, 3, 1)); the shapes must then agree.
       When a layout is unknown the shapes are compared as they are: equal shapes are a valid seam,
       different ones an error (suggesting the transpose when the permuted shape would fit).
-    * a merged input feeding several parts must agree with each of them; differing known layouts
-      there are ambiguous (no single layout fits every part) and an error.
+    * a merged input feeding several parts takes the dtype, shape and layout of the FIRST part input
+      it lists; every other part input is checked against it like a seam (so a known, different
+      layout gets a Transpose and a widening dtype a Cast in front of that part).
     * symbolic dims are unified (union-find over ``(part, symbol)``); a static dim binds a symbol to
       its value; a symbol bound to two values is an error.
 """
@@ -223,6 +224,20 @@ class SeamChecker:
     def _link(self, sk: str, st: str, dk: str, dt: str) -> None:
         p, c = self.outs[sk][st], self.ins[dk][dt]
         seam = self._describe((sk, st, p), (dk, dt, c))
+        lp, lc = _layout(self.layouts_from[sk], st), _layout(self.layouts_from[dk], dt)
+        self._pair(seam, p, lp, (sk, "out", st), c, lc, (dk, "in", dt))
+
+    def _pair(
+        self,
+        seam: str,
+        p: TensorType,
+        lp: str | None,
+        src: tuple[str, str, str],
+        c: TensorType,
+        lc: str | None,
+        dst: tuple[str, str, str],
+    ) -> None:
+        """Check one producer -> consumer pair; record the adapter it needs and unify its dims."""
         problems: list[str] = []
         adapter = Adapter()
         if p.other or c.other:
@@ -240,22 +255,18 @@ class SeamChecker:
                 )
         pdims = p.dims
         if pdims is not None and c.dims is not None:
-            pdims = self._layout_check(seam, sk, st, dk, dt, pdims, c.dims, adapter, problems)
+            pdims = self._layout_check(seam, lp, lc, pdims, c.dims, adapter, problems)
         if not problems and pdims is not None and c.dims is not None:
-            self._unify(
-                seam, (sk, "out", st), pdims, p.dims or (), adapter.perm, (dk, "in", dt), c.dims, problems
-            )
+            self._unify(seam, src, pdims, p.dims or (), adapter.perm, dst, c.dims, problems)
         if adapter.perm is not None or adapter.cast_to is not None:
-            self.result.adapters[(dk, dt)] = adapter
+            self.result.adapters[(dst[0], dst[2])] = adapter
         self._report(seam, problems)
 
     def _layout_check(
         self,
         seam: str,
-        sk: str,
-        st: str,
-        dk: str,
-        dt: str,
+        lp: str | None,
+        lc: str | None,
         pdims: tuple[Dim, ...],
         cdims: tuple[Dim, ...],
         adapter: Adapter,
@@ -265,7 +276,6 @@ class SeamChecker:
         if len(pdims) != len(cdims):
             problems.append(f"{seam}: rank {len(pdims)} != {len(cdims)}{_reshape_hint(pdims, cdims)}")
             return None
-        lp, lc = _layout(self.layouts_from[sk], st), _layout(self.layouts_from[dk], dt)
         if len(pdims) == 4 and lp and lc and lp != lc:
             perm = NHWC_TO_NCHW if lp == "NHWC" else NCHW_TO_NHWC
             moved = _permute(pdims, perm)
@@ -324,48 +334,17 @@ class SeamChecker:
                 problems.append(f"{seam}: dim {i} would have to be both {clash[0]} and {clash[1]}")
 
     def _shared_input(self, name: str, ends: list[tuple[str, str]]) -> None:
+        """The merged input takes the type and layout of its first part input; the others must fit it."""
         if len(ends) < 2:
             return
         fk, ft = ends[0]
         first = self.ins[fk][ft]
+        lf = _layout(self.layouts_from[fk], ft)
         for key, tensor in ends[1:]:
             other = self.ins[key][tensor]
-            seam = f"merged input {name!r}: {fk}:{ft} ({first}) and {key}:{tensor} ({other})"
-            problems: list[str] = []
-            if first.other or other.other:
-                if first.other != other.other:
-                    problems.append(f"{seam}: the value types differ")
-                self._report(seam, problems)
-                continue
-            if first.elem and other.elem and first.elem != other.elem:
-                problems.append(
-                    f"{seam}: dtypes differ; feed them from separate inputs or insert ox.adapters.cast"
-                )
-            la, lb = _layout(self.layouts_from[fk], ft), _layout(self.layouts_from[key], tensor)
-            if la and lb and la != lb:
-                problems.append(
-                    f"{seam}: layouts {la} and {lb} differ, so no one layout fits both (ambiguous); "
-                    "use separate merged inputs and an explicit ox.adapters.transpose"
-                )
-            if first.dims is not None and other.dims is not None and not problems:
-                if len(first.dims) != len(other.dims):
-                    problems.append(f"{seam}: ranks differ")
-                elif _static_mismatch(first.dims, other.dims):
-                    problems.append(
-                        f"{seam}: static dim(s) {_static_mismatch(first.dims, other.dims)} differ"
-                    )
-                else:
-                    self._unify(
-                        seam,
-                        (fk, "in", ft),
-                        first.dims,
-                        first.dims,
-                        None,
-                        (key, "in", tensor),
-                        other.dims,
-                        problems,
-                    )
-            self._report(seam, problems)
+            seam = f"merged input {name!r} (as {fk}:{ft}, {first}) -> {key}:{tensor} ({other})"
+            lo = _layout(self.layouts_from[key], tensor)
+            self._pair(seam, first, lf, (fk, "in", ft), other, lo, (key, "in", tensor))
 
     def _report(self, seam: str, problems: list[str]) -> None:
         self.result.problems.extend(problems)

@@ -137,11 +137,34 @@ def test_known_layouts_but_shapes_still_differ():
         )
 
 
-def test_shared_input_with_differing_layouts_is_ambiguous():
-    a = _consumer(shape="batch, 4, 4, 4", layout="NHWC")
-    b = _consumer(shape="batch, 4, 4, 4", layout="NCHW")
-    with pytest.raises(SeamError, match="ambiguous"):
-        ox.merge({"a": a, "b": b}, inputs={"image": ["a:x", "b:x"]})
+def test_shared_input_takes_first_layout_and_transposes_for_the_others(rng, caplog):
+    keras_like = _consumer(shape="batch, 8, 5, 3", layout="NHWC")
+    torch_like = _consumer(shape="N, 3, 8, 5", layout="NCHW")
+    with caplog.at_level(logging.INFO, logger="onnxstitch.compose"):
+        merged = ox.merge({"k": keras_like, "t": torch_like}, inputs={"image": ["k:x", "t:x"]})
+    assert "merged input 'image' -> t:x: inserted Transpose(0, 3, 1, 2)" in caplog.text
+    assert_valid(merged)
+    assert dims(merged.graph.input[0]) == ["batch", 8, 5, 3]
+    assert _meta.get_layouts(merged)["image"] == "NHWC"
+    assert dims(merged.graph.output[1]) == ["batch", 3, 8, 5]
+    x = rng.standard_normal((2, 8, 5, 3)).astype(np.float32)
+    out = run(merged, {"image": x})
+    np.testing.assert_allclose(out["k.y"], np.abs(x), **TOL)
+    np.testing.assert_allclose(out["t.y"], np.abs(np.transpose(x, (0, 3, 1, 2))), **TOL)
+    back = ox.extract(merged, part="t")
+    assert [i.name for i in back.graph.input] == ["x"]
+    assert_valid(back)
+
+
+def test_shared_input_unknown_first_layout_refused_with_hint():
+    with pytest.raises(
+        SeamError, match=r"merged input 'image' \(as k:x, float32\[batch,8,5,3\]\) -> t:x"
+    ) as info:
+        ox.merge(
+            {"k": _consumer(shape="batch, 8, 5, 3"), "t": _consumer(shape="N, 3, 8, 5", layout="NCHW")},
+            inputs={"image": ["k:x", "t:x"]},
+        )
+    assert "ox.adapters.transpose((0, 3, 1, 2))" in str(info.value)
 
 
 def test_rank_and_static_dims_with_reshape_hints():
