@@ -64,7 +64,10 @@ def merge(
         models: part key -> ``ModelProto`` or path to an ``.onnx`` file. Keys must not contain
             ``:``, ``/`` or ``->``. The same model may appear under several keys.
         links: ``"key:output->key:input"`` strings or :class:`Link` objects.
-        inputs: merged input name -> one ``"key:input"`` or a list of them (one input feeding several parts).
+        inputs: merged input name -> one ``"key:input"`` or a list of them (one input feeding several
+            parts). A merged input takes the dtype, shape and layout of the first part input listed;
+            the others are checked against it like seams (a known, different layout gets a Transpose,
+            a widening dtype a Cast; anything else is a SeamError).
         outputs: merged output name -> ``"key:output"``; when given, exactly these are the outputs.
         opset: target ``ai.onnx`` opset (int) or ``{domain: version}``; default: the highest among
             the parts, capped by what the installed onnxruntime runs.
