@@ -290,3 +290,21 @@ def test_public_access_through_ox() -> None:
     import onnxstitch as ox
 
     assert ox.adapters.transpose is adapters.transpose
+
+
+def test_softmax_and_mean_dtype_and_rank(rng: np.random.Generator) -> None:
+    soft = adapters.softmax(dtype="float64", rank=3)
+    assert _dims(soft.graph.input[0]) == ["batch", None, None]
+    x = rng.standard_normal((2, 3, 4))
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    np.testing.assert_allclose(_run(soft, x=x), e / e.sum(axis=-1, keepdims=True), rtol=1e-12)
+    avg = adapters.mean(2, dtype=np.float16, rank=4)
+    assert _dims(avg.graph.input[1]) == ["batch", None, None, None]
+    a, b = (rng.standard_normal((2, 3, 2, 2)).astype(np.float16) for _ in range(2))
+    out = _run(avg, x0=a, x1=b)
+    assert out.dtype == np.float16
+    np.testing.assert_allclose(out, (a.astype(np.float32) + b) / 2, rtol=1e-3, atol=1e-3)
+    with pytest.raises(AdapterError, match="unsupported dtype 'int64'"):
+        adapters.mean(2, dtype="int64")
+    with pytest.raises(AdapterError, match="rank must be at least 1"):
+        adapters.softmax(rank=0)

@@ -305,6 +305,32 @@ def test_merge_spec_with_torch_part(parts: Path, monkeypatch: pytest.MonkeyPatch
     np.testing.assert_allclose(_run(out, {"x": X})["scores"], want, rtol=1e-4, atol=1e-5)
 
 
+def test_merge_spec_with_pt2_part_trusted_and_opset(parts: Path) -> None:
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 3).eval()
+    program = torch.export.export(head, (torch.randn(2, 4),))
+    torch.export.save(program, str(parts / "head.pt2"))
+    spec_text = """
+        parts:
+          a: a.onnx
+          head: {torch: head.pt2, trusted: %s, opset: 18}
+        links: [a:y->head:input]
+        """
+    refused = _invoke("merge", _write_spec(parts, spec_text % "false"), "-o", parts / "m.onnx")
+    assert refused.exit_code == 1
+    assert "trusted" in _out(refused)
+    assert not (parts / "m.onnx").exists()
+    result = _invoke("merge", _write_spec(parts, spec_text % "true"), "-o", parts / "m.onnx")
+    assert result.exit_code == 0, result.output
+    model = onnx.load(str(parts / "m.onnx"))
+    assert [o.version for o in model.opset_import if o.domain == ""] == [18]  # the part's opset option
+    x = X[:2]  # the .pt2 was exported with a static batch of 2
+    with torch.no_grad():
+        want = head(torch.from_numpy(np.maximum(x, 0))).numpy()
+    np.testing.assert_allclose(_run(parts / "m.onnx", {"x": x})["output"], want, rtol=1e-4, atol=1e-5)
+
+
 def test_merge_spec_torch_attr_not_a_module(parts: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
     (parts / "myheads2.py").write_text(TORCH_MODULE)
