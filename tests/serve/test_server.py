@@ -437,6 +437,15 @@ def test_server_processes_load_no_training_framework(adder: Server) -> None:
         assert framework not in maps
 
 
+def test_sigterm_stops_server_and_workers(adder: Server) -> None:
+    workers = psutil.Process(adder.process.pid).children(recursive=True)
+    assert workers  # --workers 1: the model runs in a child process
+    assert adder.stop(timeout=20) == 0
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
+    assert not adder.live()
+
+
 def test_repository_is_served_on_the_host_given(slow: Server) -> None:
     client = thttp.InferenceServerClient(slow.url)
     meta = client.get_model_metadata("slow")
