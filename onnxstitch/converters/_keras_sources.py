@@ -415,10 +415,20 @@ def trace_keras_model(model: Any, signature: Signature | None, tf: Any) -> Trace
     """A :class:`Traced` calling ``model(inputs, training=False)`` (the model itself is not edited).
 
     Raises:
-        ConversionError: the model was never built (no weights yet) and no signature can be derived.
+        ConversionError: Keras is not on the TensorFlow backend; the model was never built (no
+            weights yet); no signature can be derived.
         InputError: the signature does not fit the model's inputs.
     """
+    import keras
+
     what = f"Keras model {getattr(model, 'name', '?')!r}"
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ConversionError(
+            f"{what}: Keras runs on the {backend!r} backend, and tf2onnx converts TensorFlow graphs only",
+            hint="run the conversion with KERAS_BACKEND=tensorflow (set before keras is imported), e.g. on "
+            "a .keras file saved from this process",
+        )
     if not model.built:
         raise ConversionError(
             f"{what} has not been built: its weights do not exist yet",

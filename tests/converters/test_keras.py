@@ -600,3 +600,20 @@ def test_importing_the_converter_does_not_import_tensorflow() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.slow  # a fresh process importing Keras on the torch backend (~10 s of CPU)
+def test_keras_on_another_backend_is_a_clear_error() -> None:
+    code = (
+        "import keras, onnxstitch\n"
+        "x = keras.Input((4,), name='x')\n"
+        "model = keras.Model(x, keras.layers.Dense(2)(x))\n"
+        "try:\n"
+        "    onnxstitch.from_keras(model)\n"
+        "except onnxstitch.errors.ConversionError as exc:\n"
+        "    print('REFUSED', exc)\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert "REFUSED" in done.stdout, done.stderr[-2000:]
+    assert "'torch' backend" in done.stdout and "KERAS_BACKEND=tensorflow" in done.stdout
