@@ -94,8 +94,13 @@ def from_keras(
             SavedModels and ``tf.function`` s record nothing unless told here.
 
     Returns:
-        A new self-contained ``onnx.ModelProto``: clean input/output names, a shared ``batch`` dim 0,
-        metadata ``onnxstitch.source = "keras"`` (also for SavedModels and tf.functions) and layouts.
+        A new self-contained ``onnx.ModelProto``: clean input/output names (Keras input layer names or
+        dict keys; outputs by ``output_names`` / dict keys / the last layer of a Sequential; a SavedModel
+        keeps its signature's names; otherwise ``input_<i>`` / ``output`` / ``output_<i>``), a shared
+        ``batch`` dim 0 on inputs and outputs (with validation on, an output whose dim 0 did not follow
+        the batch size is given ``<output>_dim0`` instead), other dynamic dims named
+        ``<tensor>_dim<axis>``, metadata ``onnxstitch.source = "keras"`` (also for SavedModels and
+        tf.functions) and the layouts.
 
     Raises:
         MissingDependencyError: tensorflow, keras or tf2onnx is not installed (extra ``keras``).
