@@ -71,6 +71,33 @@ def _known_shape(shape: Sequence[int | str | None], symbols: Mapping[str, int]) 
     return tuple(dims)
 
 
+def _bind_outputs(
+    session: Session,
+    binding: Any,
+    names: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...] | None],
+    on_gpu: bool,
+) -> dict[str, Any]:
+    """Bind the outputs; returns the torch tensors preallocated for those whose shape is known."""
+    if not on_gpu:
+        for name in names:
+            binding.bind_output(name, "cpu")
+        return {}
+    torch = _torch()
+    device = torch.device("cuda", session.device_id)
+    infos = {o.name: o for o in session.outputs}
+    preallocated: dict[str, Any] = {}
+    for name in names:
+        shape = shapes.get(name)
+        if shape is None:
+            binding.bind_output(name, "cuda", session.device_id)
+            continue
+        tensor = torch.empty(shape, dtype=_torch_dtype(torch, infos[name].dtype), device=device)
+        preallocated[name] = tensor
+        binding.bind_output(name, "cuda", session.device_id, infos[name].dtype.type, shape, tensor.data_ptr())
+    return preallocated
+
+
 def run_bound(
     session: Session,
     feeds: Mapping[str, Any],
@@ -81,39 +108,43 @@ def run_bound(
 ) -> dict[str, Any]:
     """Run ``session`` with IO binding (called by ``Session.run`` on a CUDA session).
 
+    Outputs whose declared shape the feeds determine are written straight into torch tensors
+    allocated on the device; the others are allocated by onnxruntime and handed over by DLPack. If a
+    declared output shape turns out wrong, the run is repeated with onnxruntime allocating them all.
+
     Raises:
         MissingDependencyError: torch is needed for ``output_device="cuda"`` and is missing.
         RunTimeoutError: the run was cancelled.
         StitchError: onnxruntime failed.
     """
+    from onnxstitch.errors import RunTimeoutError, StitchError
+
     sess = session._sess
-    binding = sess.io_binding()
-    keep = _bind_inputs(session, binding, feeds)
+    on_gpu = output_device == "cuda"
     infos = {o.name: o for o in session.outputs}
-    preallocated: dict[str, Any] = {}
-    if output_device == "cuda":
-        torch = _torch()
-        device = torch.device("cuda", session.device_id)
-        for name in names:
-            shape = _known_shape(infos[name].shape, symbols)
-            if shape is None:
-                binding.bind_output(name, "cuda", session.device_id)
-                continue
-            tensor = torch.empty(shape, dtype=_torch_dtype(torch, infos[name].dtype), device=device)
-            preallocated[name] = tensor
-            binding.bind_output(
-                name, "cuda", session.device_id, infos[name].dtype.type, shape, tensor.data_ptr()
-            )
-    else:
-        for name in names:
-            binding.bind_output(name, "cpu")
-    binding.synchronize_inputs()
-    session._call(lambda: sess.run_with_iobinding(binding, run_options))
-    binding.synchronize_outputs()
-    del keep
+    shapes = {name: _known_shape(infos[name].shape, symbols) for name in names}
+    for attempt in range(2):
+        binding = sess.io_binding()
+        keep = _bind_inputs(session, binding, feeds)
+        preallocated = _bind_outputs(session, binding, names, shapes, on_gpu)
+        binding.synchronize_inputs()
+        try:
+            session._call(lambda: sess.run_with_iobinding(binding, run_options))  # noqa: B023
+        except RunTimeoutError:
+            raise
+        except StitchError:
+            if attempt or not preallocated:
+                raise
+            logger.warning("declared output shapes did not hold; letting onnxruntime allocate the outputs")
+            shapes = dict.fromkeys(names)
+            continue
+        binding.synchronize_outputs()
+        del keep
+        break
     values = binding.get_outputs()
-    if output_device == "cpu":
+    if not on_gpu:
         return {name: value.numpy() for name, value in zip(names, values, strict=True)}
+    torch = _torch()
     result: dict[str, Any] = {}
     for name, value in zip(names, values, strict=True):
         if name in preallocated:
@@ -122,7 +153,7 @@ def run_bound(
             result[name] = torch.from_dlpack(value)
         else:  # an onnxruntime without DLPack: one copy through the host
             logger.warning("output %r: onnxruntime lacks DLPack; copying through the host", name)
-            result[name] = torch.from_numpy(value.numpy()).to(device)
+            result[name] = torch.from_numpy(value.numpy()).to(torch.device("cuda", session.device_id))
     return result
 
 

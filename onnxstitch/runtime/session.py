@@ -90,7 +90,7 @@ def _use_global_pool(threads: int | None) -> None:
             ort_max_ir_version()
             c_api.set_global_thread_pool_sizes(size, 1)
             _global_pool_threads = size
-        elif _global_pool_threads != size:
+        elif threads is not None and _global_pool_threads != size:
             logger.warning(
                 "the shared thread pool already has %s threads; ignoring threads=%s",
                 _global_pool_threads or "default",

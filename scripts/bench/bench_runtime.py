@@ -322,7 +322,7 @@ def markdown(
         f"median of {repeats} repeats (blocks per variant, rotated over 3 rounds), milliseconds per batch. "
         "Model: Keras ResNet-ish CNN "
         f"backbone ({arch.size}×{arch.size}×3, widths {list(arch.widths)}, {arch.blocks} block(s) per stage) "
-        f"+ torch MLP head ({arch.widths[-1]}→{arch.hidden}→{arch.classes}).",
+        f"+ torch MLP head ({arch.widths[-1]}→{arch.hidden}→{arch.classes}). {_load_line()}",
         "",
         "| variant | " + " | ".join(f"batch {b}" for b in batches) + " |",
         "| --- | " + " | ".join("---" for _ in batches) + " |",
@@ -345,6 +345,18 @@ def markdown(
         f"![runtime]({PLOT.name})",
     ]
     return "\n".join(lines)
+
+
+def _load_line() -> str:
+    """The machine's load when the report is written: ratios mean little on a busy machine."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return ""
+    busy = load > (os.cpu_count() or 1)
+    return f"Load average (1 min) at the end: {load:.1f}" + (
+        " — the machine was busy, so the ratios are noisy." if busy else "."
+    )
 
 
 def plot(medians: dict[int, dict[str, float]], path: Path) -> None:

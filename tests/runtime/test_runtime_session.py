@@ -382,3 +382,19 @@ def test_model_past_protobuf_limit_needs_a_path(
     with pytest.raises(ModelTooLargeError, match="pass the path"):
         Session(mlp_model, device="cpu")
     assert Session(mlp_path, device="cpu").output_names == ["y"]  # the path route is unaffected
+
+
+@pytest.mark.gpu
+def test_cuda_outputs_with_unknown_or_wrong_declared_shape(cuda: None) -> None:
+    import torch
+
+    model = parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 18]> g (float[batch, 3] x) => (float[batch, 7] y, float[n] z) '
+        "{ y = Neg(x)\n s = Shape(x)\n f = Cast<to = 1>(s)\n z = Identity(f) }"
+    )
+    session = Session(model, device="cuda")
+    x = torch.arange(6, dtype=torch.float32, device="cuda").reshape(2, 3)
+    out = session.run({"x": x}, output_device="cuda")
+    assert out["y"].device.type == "cuda" and tuple(out["y"].shape) == (2, 3)
+    np.testing.assert_array_equal(out["y"].cpu().numpy(), -x.cpu().numpy())
+    np.testing.assert_array_equal(out["z"].cpu().numpy(), [2.0, 3.0])
