@@ -251,7 +251,9 @@ class SeamChecker:
             else:
                 problems.append(
                     f"{seam}: dtype {dtype_name(p.elem)} does not widen to {dtype_name(c.elem)}; "
-                    f"insert ox.adapters.cast({dtype_name(c.elem)!r}) if the conversion is intended"
+                    f"insert ox.adapters.cast({dtype_name(c.elem)!r}, from_dtype={dtype_name(p.elem)!r}"
+                    f"{'' if p.dims is None or len(p.dims) == 2 else f', rank={len(p.dims)}'})"
+                    " if the conversion is intended"
                 )
         pdims = p.dims
         if pdims is not None and c.dims is not None:

@@ -308,3 +308,34 @@ def test_softmax_and_mean_dtype_and_rank(rng: np.random.Generator) -> None:
         adapters.mean(2, dtype="int64")
     with pytest.raises(AdapterError, match="rank must be at least 1"):
         adapters.softmax(rank=0)
+
+
+def _part(text: str) -> onnx.ModelProto:
+    import onnx.parser
+
+    return onnx.parser.parse_model('<ir_version: 8, opset_import: ["" : 18]>\n' + text)
+
+
+def test_adapters_chain_with_parts_and_keep_the_batch_symbol(rng: np.random.Generator) -> None:
+    import onnxstitch as ox
+
+    producer = _part(
+        "p (float[batch,5,6,2] image) => (double[batch,5,6,2] feat) { feat = Cast<to=11>(image) }"
+    )
+    consumer = _part("c (float[batch,60] x) => (float[batch,60] y) { y = Neg(x) }")
+    merged = ox.chain(
+        {
+            "p": producer,
+            "to_f32": adapters.cast("float32", from_dtype="float64", rank=4),  # what the seam error suggests
+            "to_nchw": adapters.transpose((0, 3, 1, 2)),
+            "flat": adapters.flatten(),
+            "c": consumer,
+        }
+    )
+    onnx.checker.check_model(merged, full_check=True)
+    assert _dims(merged.graph.input[0])[0] == "batch"
+    assert _dims(merged.graph.output[0]) == ["batch", 60]
+    x = rng.standard_normal((3, 5, 6, 2)).astype(np.float32)
+    sess = ort.InferenceSession(merged.SerializeToString(), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {"image": x})
+    np.testing.assert_array_equal(out, -x.transpose(0, 3, 1, 2).reshape(3, -1))

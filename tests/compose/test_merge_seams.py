@@ -59,7 +59,7 @@ def test_float64_into_float32_refused_unlike_onnx_compose():
         ox.chain({"p": p, "c": c})
     (problem,) = info.value.problems
     assert "p:feat (float64[batch,4]) -> c:x (float32[batch,4])" in problem
-    assert "ox.adapters.cast('float32')" in problem
+    assert "ox.adapters.cast('float32', from_dtype='float64')" in problem
 
 
 def test_float_into_int_refused():
