@@ -347,13 +347,16 @@ def verify(
         A report with one row per output and batch, plus a failing row per missing or extra output.
 
     Raises:
-        StitchError: the reference raised (wrapped with context), or the model cannot run.
+        StitchError: the reference raised (wrapped with context), the model cannot run, or a
+            tolerance is negative.
         InputError: ``feeds`` do not match the model's inputs.
         DeviceError: ``device`` is unavailable.
     """
     from onnxstitch.files import as_model
     from onnxstitch.runtime.session import Session
 
+    if rtol < 0 or atol < 0:
+        raise StitchError(f"tolerances must not be negative, got rtol={rtol}, atol={atol}")
     proto = as_model(model)
     session = Session(model if not isinstance(model, onnx.ModelProto) else proto, device=device)
     label = str(model) if not isinstance(model, onnx.ModelProto) else f"graph {proto.graph.name!r}"

@@ -233,3 +233,12 @@ def test_public_names_callable_whatever_the_import_order(mlp_path: Any) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_verify_bad_tolerance_and_device(mlp_model: onnx.ModelProto, mlp_ref: Any) -> None:
+    from onnxstitch.errors import DeviceError
+
+    with pytest.raises(StitchError, match="tolerances must not be negative"):
+        verify(mlp_model, mlp_ref, rtol=-1)
+    with pytest.raises(DeviceError, match="unknown device 'gpu0'"):
+        verify(mlp_model, mlp_ref, device="gpu0")
