@@ -255,8 +255,19 @@ def _convert(
     kept = [vi for vi in converted.graph.input if vi.name not in drop]
     del converted.graph.input[:]
     converted.graph.input.extend(kept)
+    _restore_types(skeleton, converted)
     log.info("part %r converted from ai.onnx opset %d to %d", key, have, want)
     return converted
+
+
+def _restore_types(skeleton: onnx.ModelProto, converted: onnx.ModelProto) -> None:
+    """Put the declared types back: the converter names every unknown dim ``unk__N``."""
+    g = skeleton.graph
+    declared = {vi.name: vi for vi in [*g.value_info, *g.input, *g.output]}
+    c = converted.graph
+    for vi in [*c.input, *c.output, *c.value_info]:
+        if vi.name in declared:
+            vi.CopyFrom(declared[vi.name])
 
 
 def _op_from_message(message: str) -> str | None:

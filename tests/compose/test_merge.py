@@ -286,3 +286,16 @@ def test_big_initializers_checked_and_stored(rng):
     assert sorted(t.name for t in merged.graph.initializer) == ["a/B", "a/W", "b/B", "b/W"]
     x = _x(rng, n=2, k=64)
     np.testing.assert_allclose(run(merged, {"x": x})["y"], run(b, {"x": run(a, {"x": x})["y"]})["y"], **TOL)
+
+
+def test_conversion_does_not_invent_dim_names():
+    """onnx.version_converter names unknown dims 'unk__N'; a converted part keeps its declared types."""
+    anon = parse(
+        """
+        <ir_version: 8, opset_import: ["" : 15]>
+        m (float[batch, ?] x) => (float[batch, ?] y) { y = Neg(x) }"""
+    )
+    merged = ox.chain({"a": anon, "b": linear("b", 4, 2, 1, opset=20)})
+    assert dims(merged.graph.input[0]) == ["batch", 4]  # bound by the seam to b's static 4
+    text = onnx.printer.to_text(merged)
+    assert "unk__" not in text
