@@ -13,6 +13,7 @@ from onnxstitch.runtime._feeds import TensorInfo
 from onnxstitch.runtime.serve._middleware import parse_infer_body
 from onnxstitch.runtime.serve._protocol import (
     RequestTensor,
+    check_raw_sizes,
     decode_binary,
     decode_inputs,
     encode_binary,
@@ -167,3 +168,16 @@ def test_parse_binary_size_mismatch_names_input() -> None:
 def test_gzip_is_not_a_json_body() -> None:
     with pytest.raises(InputError, match="not valid JSON"):
         parse_infer_body(gzip.compress(b'{"inputs": []}'), None)
+
+
+def test_raw_sizes_are_checked_per_input() -> None:
+    inputs = [("x", "FP32", [2, 4]), ("n", "INT64", [2, 1])]
+    check_raw_sizes(inputs, [32, 16])
+    with pytest.raises(InputError) as info:
+        check_raw_sizes(inputs, [24, 8])
+    assert "'x': shape [2, 4] of FP32 needs 32 bytes, got 24" in str(info.value)
+    assert "'n': shape [2, 1] of INT64 needs 16 bytes, got 8" in str(info.value)
+    with pytest.raises(InputError, match="2 input\\(s\\) but 1 raw content"):
+        check_raw_sizes(inputs, [32])
+    with pytest.raises(InputError, match="'s': raw data of datatype 'BYTES'"):
+        check_raw_sizes([("s", "BYTES", [1])], [5])

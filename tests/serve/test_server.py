@@ -329,6 +329,25 @@ def test_tritonclient_sees_400(adder: Server) -> None:
     assert adder.live()
 
 
+def test_grpc_raw_contents_size_mismatch_is_invalid_argument(adder: Server) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    request = service_pb2.ModelInferRequest(model_name="adder")
+    for name, dtype, shape in (("x", "FP32", [1, 4]), ("n", "INT64", [1, 1])):
+        tensor = request.inputs.add()
+        tensor.name, tensor.datatype = name, dtype
+        tensor.shape.extend(shape)
+    request.raw_input_contents.extend([np.zeros(3, np.float32).tobytes(), np.zeros(1, np.int64).tobytes()])
+    with grpc.insecure_channel(adder.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'x': shape [1, 4] of FP32 needs 16 bytes, got 12" in info.value.details()
+    assert adder.live()
+
+
 def test_binary_payload_size_mismatch_is_400(adder: Server) -> None:
     head = json.dumps(
         {

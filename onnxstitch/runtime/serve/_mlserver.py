@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import builtins
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import grpc
 from fastapi import status
 from mlserver import MLServer
 from mlserver.errors import MLServerError, ModelNotFound
+from mlserver.grpc import GRPCServer
+from mlserver.grpc.dataplane_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
+from mlserver.grpc.model_repository import ModelRepositoryServicer
+from mlserver.grpc.model_repository_pb2_grpc import add_ModelRepositoryServiceServicer_to_server
+from mlserver.grpc.servicers import InferenceServicer
 from mlserver.handlers import DataPlane, ModelRepositoryHandlers
 from mlserver.parallel.errors import WorkerError
 from mlserver.repository import ModelRepository
@@ -20,7 +27,7 @@ from onnxstitch import __version__
 from onnxstitch.errors import InputError
 from onnxstitch.runtime._feeds import TensorInfo
 from onnxstitch.runtime.serve._middleware import ProtocolMiddleware
-from onnxstitch.runtime.serve._protocol import decode_inputs
+from onnxstitch.runtime.serve._protocol import check_raw_sizes, decode_inputs
 from onnxstitch.runtime.serve._runtime import BadRequest, RunFailed, RunTimedOut, request_tensors
 from onnxstitch.runtime.serve._source import ServedModel
 
@@ -106,6 +113,36 @@ class _ReadOnlyRepositoryHandlers(ModelRepositoryHandlers):  # type: ignore[misc
         )
 
 
+class _CheckedInferenceServicer(InferenceServicer):  # type: ignore[misc]
+    """MLServer's gRPC servicer; raw tensor contents whose size disagrees with their shape get
+    ``INVALID_ARGUMENT`` naming the input (MLServer itself fails on them with ``INTERNAL``)."""
+
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if request.raw_input_contents:
+            inputs = [(i.name, i.datatype, list(i.shape)) for i in request.inputs]
+            try:
+                check_raw_sizes(inputs, [len(raw) for raw in request.raw_input_contents])
+            except InputError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return await super().ModelInfer(request, context)
+
+
+class _CheckedGRPCServer(GRPCServer):  # type: ignore[misc]
+    """MLServer's gRPC server with the checked servicer (metrics, tracing and access logs are off)."""
+
+    def _create_server(self) -> grpc.aio.Server:
+        self._inference_servicer = _CheckedInferenceServicer(
+            self._data_plane, self._model_repository_handlers
+        )
+        self._model_repository_servicer = ModelRepositoryServicer(self._model_repository_handlers)
+        self._interceptors: list[Any] = []
+        self._server = grpc.aio.server(ThreadPoolExecutor(max_workers=5), options=self._get_options())
+        add_GRPCInferenceServiceServicer_to_server(self._inference_servicer, self._server)
+        add_ModelRepositoryServiceServicer_to_server(self._model_repository_servicer, self._server)
+        self._server.add_insecure_port(f"{self._settings.host}:{self._settings.grpc_port}")
+        return self._server
+
+
 class _Server(MLServer):  # type: ignore[misc]
     def __init__(
         self, settings: Settings, model: ModelSettings, signature: list[TensorInfo], hide: list[str]
@@ -122,6 +159,9 @@ class _Server(MLServer):  # type: ignore[misc]
             repository=_FixedRepository(self._served_settings), model_registry=self._model_registry
         )
         super()._create_servers()
+        self._grpc_server = _CheckedGRPCServer(
+            self._settings, self._data_plane, self._model_repository_handlers
+        )
         self._rest_server._app.add_middleware(
             ProtocolMiddleware, max_body_bytes=self._settings.grpc_max_message_length, hide=self._hide
         )

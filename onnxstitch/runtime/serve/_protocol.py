@@ -18,6 +18,7 @@ from onnxstitch.runtime._feeds import TensorInfo, check_feeds
 
 __all__ = [
     "RequestTensor",
+    "check_raw_sizes",
     "decode_binary",
     "decode_inputs",
     "encode_binary",
@@ -167,6 +168,30 @@ def decode_binary(name: str, datatype: str, shape: Sequence[Any], raw: bytes) ->
         )
     values: list[Any] = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).tolist()
     return values
+
+
+def check_raw_sizes(inputs: Sequence[tuple[str, str, Sequence[Any]]], sizes: Sequence[int]) -> None:
+    """Check gRPC ``raw_input_contents`` (one byte string per input, in order) against the shapes.
+
+    Raises:
+        InputError: the number of raw contents differs from the inputs', or an input's byte count
+            does not match its shape and datatype (every problem listed).
+    """
+    if len(sizes) != len(inputs):
+        raise InputError(f"the request has {len(inputs)} input(s) but {len(sizes)} raw content(s)")
+    problems = []
+    for (name, datatype, shape), size in zip(inputs, sizes, strict=True):
+        dtype = v2_to_numpy(datatype)
+        if dtype is None:
+            problems.append(f"input {name!r}: raw data of datatype {datatype!r} is not served")
+        elif size != (needed := math.prod(shape) * dtype.itemsize):
+            problems.append(
+                f"input {name!r}: shape {list(shape)} of {datatype} needs {needed} bytes, got {size}"
+            )
+    if problems:
+        raise InputError(
+            f"{len(problems)} problem(s) with the request:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
 
 
 def encode_binary(datatype: str, data: Any) -> bytes | None:
