@@ -161,8 +161,10 @@ def from_torch(
     if input_names is not None:
         names = _check_names(list(input_names), len(names), what="input_names", label=source.label)
     dims = _dynamic_spec(source, args, kwargs, names, dynamic_dims)
-    model = _export(torch, source, args, kwargs, names, dims, opset)
+    model, traced = _export(torch, source, args, kwargs, names, dims, opset)
     model = _clean_up(model, source, names, output_names, dims)
+    if traced:
+        _tie_traced_outputs(model, source)
     detected = _detect_layouts(model)
     _common.record_layouts(model, {**detected, **dict(layouts or {})})
     _common.set_producer(model, "torch")
@@ -353,11 +355,15 @@ def _export(
     names: list[str],
     dims: dict[str, dict[int, str]],
     opset: int | None,
-) -> onnx.ModelProto:
-    """Export with dynamo; fall back to TorchScript (modules only) when dynamo fails."""
+) -> tuple[onnx.ModelProto, bool]:
+    """Export with dynamo; fall back to TorchScript (modules only) when dynamo fails.
+
+    Returns:
+        The model, and whether it came from the TorchScript exporter.
+    """
     _common.require("onnxscript", package="onnxscript", extra="torch", purpose="exporting torch to ONNX")
     try:
-        return _export_dynamo(torch, source, args, kwargs, names, dims, opset)
+        return _export_dynamo(torch, source, args, kwargs, names, dims, opset), False
     except Exception as exc:
         reason = _reason(exc)
         if source.is_program:
@@ -371,7 +377,7 @@ def _export(
             reason,
         )
         try:
-            return _export_torchscript(torch, source, args, kwargs, names, dims, opset)
+            return _export_torchscript(torch, source, args, kwargs, names, dims, opset), True
         except Exception as exc2:
             raise ConversionError(
                 f"{source.label} could not be exported to ONNX: dynamo exporter: {reason}; "
@@ -549,6 +555,54 @@ def _symbol_mapping(
             "them static (leave them out of dynamic_dims)",
         )
     return mapping
+
+
+def _tie_traced_outputs(model: onnx.ModelProto, source: _Source) -> None:
+    """Give TorchScript's unlinked output dim 0 (``Tile32_dim_0``) the inputs' batch symbol — if it is one.
+
+    TorchScript loses the link between input and output dims through some ops, and the same kind of
+    name also marks a data-dependent size (``nonzero``). So the model is run at two batch sizes, and
+    an output's dim 0 becomes the batch symbol only if it equals the batch size both times.
+    """
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [_common.value_dims(v) for v in model.graph.input if v.name not in inits]
+    symbols = {d[0] for d in inputs if d and isinstance(d[0], str)}
+    if len(symbols) != 1 or any(d and d[0] is None for d in inputs):
+        return
+    (symbol,) = symbols
+    unlinked = {
+        v.name: i
+        for i, v in enumerate(model.graph.output)
+        if (dims := _common.value_dims(v)) and not isinstance(dims[0], int) and dims[0] != symbol
+    }
+    if not unlinked:
+        return
+    try:
+        import onnxruntime as ort
+
+        from onnxstitch.runtime.verify import random_feeds
+
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        firsts = {b: [o.shape[0] for o in session.run(None, random_feeds(model, b))] for b in (2, 5)}
+    except Exception as exc:  # the check is best effort: the symbols stay as exported
+        logger.warning("%s: could not run the traced model to link output dims: %s", source.label, exc)
+        return
+    for name, i in unlinked.items():
+        if all(firsts[b][i] == b for b in firsts):
+            _set_dim0(model, name, symbol)
+        else:
+            logger.info("%s: output %r dim 0 does not follow the batch; left as exported", source.label, name)
+
+
+def _set_dim0(model: onnx.ModelProto, name: str, symbol: str) -> None:
+    for v in model.graph.output:
+        if v.name == name:
+            dim = v.type.tensor_type.shape.dim[0]
+            old = dim.dim_param
+            dim.ClearField("dim_value")
+            dim.dim_param = symbol
+            if old:
+                _common.rename_dims(model, {old: symbol})
 
 
 # --------------------------------------------------------------------------------------- layouts

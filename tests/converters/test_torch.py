@@ -20,7 +20,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch_models import CNN, MLP, Broken, DataDependent, Noisy, Pair, Tokens, TwoTower, seeded  # noqa: E402
+from torch_models import CNN, MLP, Broken, Noisy, Pair, Tokens, TracedOutputs, TwoTower, seeded  # noqa: E402
 
 import onnxstitch as ox  # noqa: E402
 from onnxstitch import _meta  # noqa: E402
@@ -251,14 +251,21 @@ def test_tolerances_and_validate_flag_are_honoured() -> None:
     assert ox.from_torch(Noisy(), torch.randn(2, 5), validate=False).graph.output[0].name == "output"
 
 
-def test_torchscript_fallback_says_why(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_torchscript_fallback_says_why_and_links_batch(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="onnxstitch.converters._torch"):
-        model = ox.from_torch(DataDependent(), torch.randn(2, 3))
+        model = ox.from_torch(TracedOutputs(), torch.randn(2, 3, 4))
     messages = [r.getMessage() for r in caplog.records if "falling back to the TorchScript" in r.getMessage()]
-    assert len(messages) == 1 and "DataDependent" in messages[0] and "data-dependent" in messages[0]
-    assert _dims(model) == {"x": ["batch", 3], "output": ["batch", 3]}
-    x = np.random.default_rng(4).standard_normal((7, 3)).astype(np.float32)
-    np.testing.assert_allclose(_run(model, {"x": x})[0], x * 2 + 1, rtol=1e-6)
+    assert len(messages) == 1 and "TracedOutputs" in messages[0] and "data-dependent" in messages[0]
+    dims = _dims(model)
+    # TorchScript names both output dims 0 like "Tile32_dim_0": the one that follows the batch is
+    # linked to it, the data-dependent one (nonzero) is left alone
+    assert dims["x"] == ["batch", 3, 4] and dims["output_0"] == ["batch", 4, 4]
+    assert isinstance(dims["output_1"][0], str) and dims["output_1"][0] != "batch"
+    x = np.random.default_rng(4).standard_normal((7, 3, 4)).astype(np.float32)
+    got = _run(model, {"x": x})
+    np.testing.assert_array_equal(got[0], np.tile(x[:, :2], (1, 2, 1)))
+    np.testing.assert_array_equal(got[1], np.argwhere(x > 0))
 
 
 # ------------------------------------------------------------------------------------------- .pt2

@@ -64,15 +64,6 @@ class Noisy(nn.Module):
         return x + torch.rand_like(x)
 
 
-class DataDependent(nn.Module):
-    """Python control flow on a tensor value: torch.export refuses it, TorchScript traces it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.abs().sum() >= 0:  # always true: the traced branch is the right one
-            return x * 2 + 1
-        return x
-
-
 def seeded(cls: type[nn.Module], seed: int = 0) -> nn.Module:
     """An instance of ``cls`` with seeded weights and non-trivial BatchNorm statistics."""
     torch.manual_seed(seed)
@@ -101,3 +92,12 @@ class Broken(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x @ torch.ones(5, 2)
+
+
+class TracedOutputs(nn.Module):
+    """Forces the TorchScript fallback; one output follows the batch, one is data-dependent."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.abs().sum() >= 0:  # always true: the traced branch is the right one
+            return x[:, :2].repeat(1, 2, 1), torch.nonzero(x > 0)
+        return x, x
