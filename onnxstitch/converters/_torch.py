@@ -99,6 +99,7 @@ class _Source:
     label: str  # for messages: the module class or the .pt2 path
     param_names: list[str]  # forward's positional parameter names (for default input names)
     is_program: bool
+    graph_name: str = "torch"  # the module class or the .pt2 file's stem
 
 
 def from_torch(
@@ -165,6 +166,7 @@ def from_torch(
     model = _clean_up(model, source, names, output_names, dims)
     if traced:
         _tie_traced_outputs(model, source)
+    model.graph.name = source.graph_name
     detected = _detect_layouts(model)
     _common.record_layouts(model, {**detected, **dict(layouts or {})})
     _common.set_producer(model, "torch")
@@ -190,7 +192,7 @@ def _source(torch: Any, obj: Any, *, trusted: bool) -> _Source:
             ) from exc
         copied.eval()
         params = _forward_params(copied.forward)
-        return _Source(copied, copied, label, params, is_program=False)
+        return _Source(copied, copied, label, params, is_program=False, graph_name=type(obj).__name__)
     if isinstance(obj, str | os.PathLike):
         return _load_pt2(torch, Path(obj), trusted=trusted)
     raise ConversionError(
@@ -225,7 +227,7 @@ def _load_pt2(torch: Any, path: Path, *, trusted: bool) -> _Source:
         for spec in program.graph_signature.input_specs
         if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
     ]
-    return _Source(program, module, label, params, is_program=True)
+    return _Source(program, module, label, params, is_program=True, graph_name=path.stem)
 
 
 def _program_examples(source: _Source) -> Any:

@@ -117,7 +117,7 @@ def test_mlp_names_batch_and_metadata(mlp_case: dict[str, Any]) -> None:
     assert _dims(model) == {"features": ["batch", 6], "output": ["batch", 3]}
     assert _meta.get_source(model) == "torch"
     assert _meta.get_layouts(model) == {}  # no rank-4 tensors
-    assert model.producer_name == "onnxstitch"
+    assert model.producer_name == "onnxstitch" and model.graph.name == "MLP"
     onnx.checker.check_model(model, full_check=True)
 
 
