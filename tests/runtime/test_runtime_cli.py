@@ -192,6 +192,7 @@ def test_verify_given_feeds(in_work: Path) -> None:
             ["-r", "clirefs_mlp:good", "--batch-sizes", "1,x"],
             "not a comma-separated list of positive integers",
         ),
+        (["-r", "clirefs_mlp:good", "--device", "tpu"], "unknown device 'tpu'"),
     ],
 )
 def test_verify_errors(in_work: Path, args: list[str], message: str) -> None:
@@ -233,5 +234,7 @@ def test_bench_table_and_options(in_work: Path) -> None:
     assert "p50 ms" in result.stdout and "session creation" in result.stdout
     bad = runner.invoke(app, ["bench", "mlp.onnx", "--batch", "0"])
     assert bad.exit_code == 1 and "positive integers" in _flat(bad.stderr)
+    bad = runner.invoke(app, ["bench", "mlp.onnx", "--device", "tpu"])
+    assert bad.exit_code == 1 and "unknown device 'tpu'" in _flat(bad.stderr)
     bad = runner.invoke(app, ["bench", "mlp.onnx", "--optimization", "max"])
     assert bad.exit_code == 1 and "unknown optimization level 'max'" in _flat(bad.stderr)
