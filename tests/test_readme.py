@@ -14,7 +14,8 @@ runs::
                                            test` is this suite)
     <!-- doctest: gpu -->                  run only where onnxruntime offers CUDA (the GPU check)
 
-Ports 8000/8001 in a document are replaced by free ports, so a run never meets another server.
+Modules written with ``doctest: file`` are importable (the folder is on ``sys.path``, as in an
+interactive session started there). Ports 8000/8001 in a document are replaced by free ports, so a run never meets another server.
 This file is also the runner: ``python tests/test_readme.py DOC`` (from the folder to run in).
 """
 
@@ -125,6 +126,7 @@ def _make_dry_run(code: str) -> None:
 def run_document(doc: Path) -> None:
     """Run every block of ``doc`` in the current folder (see the module docstring)."""
     ports = {"8000": str(_free_port()), "8001": str(_free_port())}
+    sys.path.insert(0, os.getcwd())  # like an interactive session started in this folder
     namespace: dict[str, object] = {"__name__": "__main__"}
     background: subprocess.Popen[bytes] | None = None
     try:
