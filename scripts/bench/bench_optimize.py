@@ -115,7 +115,7 @@ def provenance(model: onnx.ModelProto) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="optimizer runs per candidate (median)")
+    parser.add_argument("--repeats", type=int, default=9, help="optimizer runs per candidate (median)")
     parser.add_argument("--runs", type=int, default=50, help="timed onnxruntime runs (median)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--no-write", action="store_true", help="print only, do not touch docs/benchmarks.md")
@@ -136,17 +136,19 @@ def main() -> None:
         f"{latency_ms(merged, x, args.runs, ort_opt=False):.2f} | – | {provenance(merged)} | "
         f"{len(merged.opset_import)} |"
     ]
-    for label, fn in CANDIDATES.items():
-        times, result = [], fn(merged)  # warm-up: imports and first-call caches are not timed
-        for _ in range(args.repeats):
+    results = {label: fn(merged) for label, fn in CANDIDATES.items()}  # warm-up: imports not timed
+    times: dict[str, list[float]] = {label: [] for label in CANDIDATES}
+    for _ in range(args.repeats):  # interleaved, so machine noise hits every candidate alike
+        for label, fn in CANDIDATES.items():
             start = time.perf_counter()
-            result = fn(merged)
-            times.append(time.perf_counter() - start)
+            fn(merged)
+            times[label].append(time.perf_counter() - start)
+    for label, result in results.items():
         sess = ort.InferenceSession(result.SerializeToString(), providers=["CPUExecutionProvider"])
         err = float(np.abs(sess.run(None, {"image": x})[0] - want).max())
         nodes, transposes = ops(result)
         rows.append(
-            f"| {label} | {nodes} | {transposes} | {statistics.median(times) * 1e3:.0f} | "
+            f"| {label} | {nodes} | {transposes} | {statistics.median(times[label]) * 1e3:.0f} | "
             f"{latency_ms(result, x, args.runs, ort_opt=True):.2f} | "
             f"{latency_ms(result, x, args.runs, ort_opt=False):.2f} | {err:.1e} | {provenance(result)} | "
             f"{len(result.opset_import)} |"
