@@ -32,7 +32,7 @@ def serve_command(
         int | None,
         typer.Option(
             "--max-batch-size",
-            help="Batch concurrent requests up to this many rows (0: off). "
+            help="Run up to this many concurrent requests as one batch (0: off). "
             "Default: the repository's config, off for a file.",
         ),
     ] = None,

@@ -252,7 +252,7 @@ def main() -> None:
             for workers in CONCURRENCY:
                 rows.append(
                     (
-                        "(c) serve, HTTP, batching <= 8",
+                        "(c) serve, HTTP, batching <= 8 requests",
                         workers,
                         measure(http_caller(url, inputs), inputs, want, workers),
                     )

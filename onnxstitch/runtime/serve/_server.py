@@ -134,8 +134,10 @@ def serve(
         host: the address to bind; loopback unless told otherwise.
         port: the REST (HTTP) port.
         grpc_port: the gRPC port.
-        max_batch_size: adaptive batching of concurrent requests up to this many rows (0 or 1:
-            off). Default: the repository config's ``max_batch_size``, off for a bare file.
+        max_batch_size: adaptive batching: up to this many concurrent requests (each of any number
+            of rows) are concatenated along dim 0 into one run (MLServer's meaning, not Triton's
+            row cap); 0 or 1: off. Default: the repository config's ``max_batch_size``, off for a
+            bare file.
         max_batch_time: seconds a request waits for others to batch with.
         workers: inference worker processes (0: run the model in the server process).
         timeout: seconds after which a run is cancelled and the request answered 504 (``None``: none).
