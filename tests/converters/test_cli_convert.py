@@ -307,3 +307,25 @@ def test_parsers() -> None:
         with pytest.raises(StitchError):
             parse_tensor_spec(bad, option="-e")
     np.testing.assert_equal(parse_tensor_spec("1", option="-e")[1], [1])
+
+
+def test_example_tensors_and_signatures() -> None:
+    import torch
+
+    from onnxstitch.cli.convert import _example_tensors, _signature
+
+    named = _example_tensors(["ids=2x5:int64", "w=2x5:float16"])
+    assert list(named) == ["ids", "w"]
+    assert named["ids"].dtype == torch.int64 and not named["ids"].any()
+    assert named["w"].dtype == torch.float16 and tuple(named["w"].shape) == (2, 5)
+    again = _example_tensors(["ids=2x5:int64", "w=2x5:float16"])["w"]
+    assert torch.equal(named["w"], again)  # seeded
+    (single,) = _example_tensors(["3x4"])
+    assert single.dtype == torch.float32 and tuple(single.shape) == (3, 4)
+    with pytest.raises(StitchError, match="static dims"):
+        _example_tensors(["Nx4"])
+    assert _signature(["Nx4:float32", "?x2:int32"]) == [([None, 4], "float32"), ([None, 2], "int32")]
+    assert _signature(["a=Nx4"]) == {"a": ([None, 4], "float32")}
+    assert _signature(None) is None
+    with pytest.raises(StitchError, match="name every input or none"):
+        _signature(["a=Nx4", "Nx2"])
