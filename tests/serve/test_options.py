@@ -76,3 +76,17 @@ def test_clash_with_tritonclient_grpc_is_explained(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert "CLASH" in done.stdout, done.stderr[-2000:]
     assert "in its own process" in done.stdout
+
+
+def test_server_modules_import_no_training_framework() -> None:
+    code = (
+        "import sys\n"
+        "import onnxstitch.cli\n"
+        "import onnxstitch.runtime.serve._mlserver, onnxstitch.runtime.serve._runtime\n"
+        "import onnxstitch.runtime.session, onnxstitch.files\n"
+        "frameworks = {'torch', 'tensorflow', 'keras', 'tf2onnx'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in frameworks))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
