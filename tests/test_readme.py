@@ -8,14 +8,15 @@ runs::
     <!-- doctest: run -->                  the default: run it
     <!-- doctest: file NAME -->            write the block's text to NAME (a YAML spec, a module)
     <!-- doctest: background ... -->       start it (a server), wait until /v2/health/ready answers on
-                                           the --port it names, stop it (SIGTERM) after the next block
+                                           the --port it names; stopped (SIGTERM) when the document ends
     <!-- doctest: make-dry-run ... -->     each `make TARGET` line: `make -n TARGET` in the repository
                                            (the real `make demo` command is run by tests/demo; `make
                                            test` is this suite)
     <!-- doctest: gpu -->                  run only where onnxruntime offers CUDA (the GPU check)
 
 Modules written with ``doctest: file`` are importable (the folder is on ``sys.path``, as in an
-interactive session started there). Ports 8000/8001 in a document are replaced by free ports, so a run never meets another server.
+interactive session started there). Ports 8000/8001 in a document are replaced by free ports, so
+a run never meets another server.
 This file is also the runner: ``python tests/test_readme.py DOC`` (from the folder to run in).
 """
 
@@ -126,9 +127,9 @@ def _make_dry_run(code: str) -> None:
 def run_document(doc: Path) -> None:
     """Run every block of ``doc`` in the current folder (see the module docstring)."""
     ports = {"8000": str(_free_port()), "8001": str(_free_port())}
-    sys.path.insert(0, os.getcwd())  # like an interactive session started in this folder
+    sys.path.insert(0, str(Path.cwd()))  # like an interactive session started in this folder
     namespace: dict[str, object] = {"__name__": "__main__"}
-    background: subprocess.Popen[bytes] | None = None
+    background: list[subprocess.Popen[bytes]] = []
     try:
         for block in parse_blocks(doc.read_text(encoding="utf-8")):
             code = re.sub(r"\b(8000|8001)\b", lambda m: ports[m.group(1)], block.code)
@@ -140,9 +141,10 @@ def run_document(doc: Path) -> None:
             elif block.marker == "make-dry-run":
                 _make_dry_run(code)
             elif block.marker == "background":
-                background = subprocess.Popen(["bash", "-c", "exec " + code.strip()], start_new_session=True)
-                _wait_ready(int(re.search(r"--port (\d+)", code).group(1)), background)  # type: ignore[union-attr]
-                continue
+                background.append(
+                    subprocess.Popen(["bash", "-c", "exec " + code.strip()], start_new_session=True)
+                )
+                _wait_ready(int(re.search(r"--port (\d+)", code).group(1)), background[-1])  # type: ignore[union-attr]
             elif block.marker == "gpu" and not _has_cuda():
                 print("    skipped: no CUDA here")
             elif block.lang == "python":
@@ -152,12 +154,9 @@ def run_document(doc: Path) -> None:
             else:
                 raise ValueError(f"{where}: cannot run a {block.lang!r} block (mark it: doctest: file NAME)")
             print(f"    ok in {time.perf_counter() - started:.1f} s", flush=True)
-            if background is not None:
-                _stop(background)
-                background = None
     finally:
-        if background is not None:
-            _stop(background)
+        for proc in background:
+            _stop(proc)
 
 
 if __name__ == "__main__":
@@ -219,4 +218,4 @@ def test_document_runs(doc: Path, tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
     ran = proc.stdout.count("    ok in ") + proc.stdout.count("    skipped: ")
-    assert ran == len(parse_blocks(doc.read_text(encoding="utf-8"))) - proc.stdout.count("background]")
+    assert ran == len(parse_blocks(doc.read_text(encoding="utf-8")))
