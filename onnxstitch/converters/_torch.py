@@ -655,13 +655,16 @@ def _reference(
     torch: Any, source: _Source, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Callable[..., list[np.ndarray]]:
     """The torch side of the validation: numpy arrays in graph-input order -> outputs in order."""
-    examples = [*args, *kwargs.values()]  # the module runs where (and in the dtype) its examples are
+    dtypes = [t.dtype for t in [*args, *kwargs.values()]]
     keys = list(kwargs)
+    if not source.is_program and any(t.device.type != "cpu" for t in [*args, *kwargs.values()]):
+        # our own copy: compare in plain fp32 on the CPU (GPU kernels may use TF32, which is no
+        # property of the model), the same place onnxruntime runs the check
+        source.exportable.cpu()
 
     def run(*arrays: np.ndarray) -> list[np.ndarray]:
         tensors = [
-            torch.from_numpy(np.ascontiguousarray(a)).to(device=t.device, dtype=t.dtype)
-            for a, t in zip(arrays, examples, strict=True)
+            torch.from_numpy(np.ascontiguousarray(a)).to(dtype=d) for a, d in zip(arrays, dtypes, strict=True)
         ]
         with torch.inference_mode():
             out = source.run(**dict(zip(keys, tensors, strict=True))) if keys else source.run(*tensors)

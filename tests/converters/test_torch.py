@@ -366,3 +366,18 @@ def test_missing_torch_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(MissingDependencyError, match="torch") as info:
         ox.from_torch(object(), None)
     assert info.value.extra == "torch" and "onnxstitch[torch]" in str(info.value)
+
+
+# -------------------------------------------------------------------------------------------- gpu
+@pytest.mark.gpu
+def test_cuda_module_converts_and_validates_on_its_device() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    module = seeded(CNN).cuda()  # train mode, on the GPU; the copy is exported, then checked on the CPU
+    model = ox.from_torch(module, torch.randn(2, 3, 16, 16, device="cuda"))  # default tolerances
+    assert module.training and all(p.is_cuda for p in module.parameters())
+    x = np.random.default_rng(6).standard_normal((7, 3, 16, 16)).astype(np.float32)
+    got = _run(model, {"image": x})  # onnxruntime on CPU
+    want = _torch_out(seeded(CNN).eval(), x)  # torch on CPU
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
