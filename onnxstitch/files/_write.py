@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -22,7 +21,7 @@ from onnx import numpy_helper
 from onnxstitch.errors import ModelFileError, ModelTooLargeError
 from onnxstitch.files._atomic import atomic_open
 from onnxstitch.files._limits import PROTOBUF_LIMIT
-from onnxstitch.files.external import iter_tensors, uses_external_data
+from onnxstitch.files.external import iter_tensors, tensor_nbytes, uses_external_data
 
 __all__ = ["ALIGNMENT", "AUTO_EXTERNAL_BYTES", "save_model"]
 
@@ -46,21 +45,29 @@ class _Pending:
 
 def _copy_fields(src: Any, dst: Any, skip: frozenset[str]) -> None:
     """Copy every set field of ``src`` into ``dst`` except ``skip`` (messages copied, not shared)."""
-    for field, value in src.ListFields():
+    for field in src.DESCRIPTOR.fields:  # not ListFields(): that would copy the skipped raw_data too
         if field.name in skip:
             continue
         if field.is_repeated:
-            getattr(dst, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(dst, field.name).CopyFrom(value)
-        else:
-            setattr(dst, field.name, value)
+            values = getattr(src, field.name)
+            if len(values):
+                getattr(dst, field.name).extend(values)
+        elif src.HasField(field.name):
+            if field.message_type is not None:
+                getattr(dst, field.name).CopyFrom(getattr(src, field.name))
+            else:
+                setattr(dst, field.name, getattr(src, field.name))
 
 
 def _nbytes(tensor: onnx.TensorProto) -> int:
-    if tensor.HasField("raw_data"):
-        return len(tensor.raw_data)
-    return int(tensor.ByteSize())
+    """Size of a tensor's data without touching it (``raw_data`` access copies; ``ByteSize`` encodes)."""
+    known = tensor_nbytes(tensor)
+    return int(tensor.ByteSize()) if known is None else known
+
+
+def _inline_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of all tensor data stored inside ``model`` (a fast, copy-free estimate of its size)."""
+    return sum(_nbytes(t) for t in iter_tensors(model) if not uses_external_data(t))
 
 
 def _clone_node(node: onnx.NodeProto, clone: onnx.NodeProto, threshold: int, pending: list[_Pending]) -> None:
@@ -111,41 +118,38 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def _chunks(data: bytes) -> Iterator[memoryview]:
+def _write_tensor(fh: BinaryIO, tensor: onnx.TensorProto) -> int:
+    """Write one tensor's bytes; return how many. Its (one) copy dies when this returns."""
+    data = _tensor_bytes(tensor)
     view = memoryview(data)
     for start in range(0, len(view), 1 << 26):
-        yield view[start : start + (1 << 26)]
+        fh.write(view[start : start + (1 << 26)])
+    return len(data)
 
 
 def _write_data(fh: BinaryIO, pending: list[_Pending], location: str) -> None:
     offset = 0
     for item in pending:
-        data = _tensor_bytes(item.source)
         pad = (-offset) % ALIGNMENT
         if pad:
             fh.write(b"\0" * pad)
             offset += pad
-        for chunk in _chunks(data):
-            fh.write(chunk)
-        for key, value in (("location", location), ("offset", str(offset)), ("length", str(len(data)))):
+        length = _write_tensor(fh, item.source)
+        for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
             entry = item.stub.external_data.add()
             entry.key = key
             entry.value = value
         item.stub.data_location = onnx.TensorProto.EXTERNAL
-        offset += len(data)
+        offset += length
 
 
 def _serialize(model: onnx.ModelProto, name: str) -> bytes:
-    try:
-        size = model.ByteSize()
-    except Exception as exc:
-        size = PROTOBUF_LIMIT + 1
-        logger.debug("ByteSize failed for %s: %s", name, exc)
-    if size >= PROTOBUF_LIMIT:
+    inline = _inline_bytes(model)
+    if inline >= PROTOBUF_LIMIT:
         raise ModelTooLargeError(
-            f"{name}: the model is {size / 1e9:.2f} GB without its external weights, "
+            f"{name}: {inline / 1e9:.2f} GB of tensors would be stored inside the .onnx file, "
             "past protobuf's 2 GB limit",
-            hint="move big tensors out of Constant nodes into initializers; save with external_data=True",
+            hint="save with external_data=True (tensors in Constant nodes stay inline: use initializers)",
         )
     try:
         return bytes(model.SerializeToString())
@@ -159,10 +163,7 @@ def _serialize(model: onnx.ModelProto, name: str) -> bytes:
 def _decide_external(model: onnx.ModelProto, external_data: bool | None) -> bool:
     if external_data is not None:
         return external_data
-    try:
-        return bool(model.ByteSize() > AUTO_EXTERNAL_BYTES)
-    except Exception:
-        return True
+    return _inline_bytes(model) > AUTO_EXTERNAL_BYTES
 
 
 def _check_target(path: Path) -> None:

@@ -24,7 +24,14 @@ from onnx import helper
 
 from onnxstitch.errors import ModelFileError, UnsafeModelError
 
-__all__ = ["ExternalRef", "check_external_data", "iter_tensors", "load_external_data", "uses_external_data"]
+__all__ = [
+    "ExternalRef",
+    "check_external_data",
+    "iter_tensors",
+    "load_external_data",
+    "tensor_nbytes",
+    "uses_external_data",
+]
 
 _COPY_HINT = "make it a plain file in the model's folder (copy it: `cp data data.tmp && mv data.tmp data`)"
 
@@ -100,8 +107,11 @@ _SUB_BYTE_BITS: dict[int, int] = {
 }
 
 
-def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
-    """Bytes a fixed-size tensor needs, or ``None`` when unknown (strings, bad type)."""
+def tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a fixed-size tensor's data takes, from its dims and type (its data is not touched).
+
+    Returns ``None`` for strings and unknown types.
+    """
     try:
         np_dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
     except (KeyError, ValueError, TypeError):
@@ -213,7 +223,7 @@ def _check_tensor(root: Path, tensor: onnx.TensorProto) -> ExternalRef:
             f"file's end ({size} bytes)",
             hint="the data file is truncated or belongs to another model",
         )
-    expected = _expected_bytes(tensor)
+    expected = tensor_nbytes(tensor)
     if expected is not None and expected != length:
         raise ModelFileError(
             f"tensor {name!r} external data {location!r}: {length} bytes stored, but its shape "
