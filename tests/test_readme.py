@@ -146,7 +146,8 @@ def run_document(doc: Path) -> None:
                 )
                 _wait_ready(int(re.search(r"--port (\d+)", code).group(1)), background[-1])  # type: ignore[union-attr]
             elif block.marker == "gpu" and not _has_cuda():
-                print("    skipped: no CUDA here")
+                print("    skipped: no CUDA here", flush=True)
+                continue
             elif block.lang == "python":
                 exec(compile(code, where, "exec"), namespace)
             elif block.lang == "bash":
