@@ -15,6 +15,21 @@ Two modes:
   on a machine without a GPU (CUDA-only rows become "n/a").
 
 Exit status: 0 when every parity check passes, 1 otherwise.
+
+On the lent GPU machine (recipe of ../shared/gpu/README.md; ``/.gpu/`` is git-ignored):
+
+1. here: ``python3 scripts/gpu_check.py --prepare .gpu/runtime`` (~13 MiB) and
+   ``bash ../shared/gpu/split-ort-gpu.sh``;
+2. one ``run`` per wheel piece, back to back: ``mkdir -p /tmp/w && cp .ortgpu/partNN /tmp/w/`` with
+   carry ``[".ortgpu/partNN"]`` (part00 … part03);
+3. last call, carry ``[".ortgpu/part04", ".gpu/runtime"]``, timeout_s 420::
+
+     mkdir -p /tmp/w && cp .ortgpu/part04 /tmp/w/ &&
+     cat /tmp/w/part* > /tmp/w/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl &&
+     python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/w/onnxruntime_gpu-*.whl &&
+     export PYTHONPATH=/tmp/site:$PWD && python3 scripts/gpu_check.py .gpu/runtime
+
+   It prints the table and writes ``$OUT/gpu.md`` (about 1-3 minutes there).
 """
 
 from __future__ import annotations

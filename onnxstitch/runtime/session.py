@@ -98,6 +98,31 @@ def _use_global_pool(threads: int | None) -> None:
             )
 
 
+def _session_options(optimization: str, threads: int | None, *, shared_threads: bool, spinning: bool) -> Any:
+    """onnxruntime ``SessionOptions`` for the given optimisation level and threading."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    if shared_threads or _global_pool_threads is not None:
+        if not shared_threads:
+            logger.info("the process-wide thread pool exists; onnxruntime makes every session share it")
+        _use_global_pool(threads)
+        options.use_per_session_threads = False
+    else:
+        options.inter_op_num_threads = 1
+        if threads is not None:
+            options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def _fp16_model(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -166,24 +191,7 @@ class Session:
         self.fp16 = fp16
         providers = resolve_providers(device)
         _, device_id = _parse_device(device)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = {
-            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[optimization]
-        if shared_threads or _global_pool_threads is not None:
-            if not shared_threads:
-                logger.info("the process-wide thread pool exists; onnxruntime makes every session share it")
-            _use_global_pool(threads)
-            options.use_per_session_threads = False
-        else:
-            options.inter_op_num_threads = 1
-            if threads is not None:
-                options.intra_op_num_threads = threads
-        if not spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = _session_options(optimization, threads, shared_threads=shared_threads, spinning=spinning)
         provider_options = [{"device_id": str(device_id)} if p in (_CUDA, _TRT) else {} for p in providers]
         source = self._source(model_or_path)
         started = time.perf_counter()
