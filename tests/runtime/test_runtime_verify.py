@@ -242,3 +242,14 @@ def test_verify_bad_tolerance_and_device(mlp_model: onnx.ModelProto, mlp_ref: An
         verify(mlp_model, mlp_ref, rtol=-1)
     with pytest.raises(DeviceError, match="unknown device 'gpu0'"):
         verify(mlp_model, mlp_ref, device="gpu0")
+
+
+def test_bool_outputs_compared_exactly() -> None:
+    model = parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 18]> g (bool[batch, 4] m) => (bool[batch, 4] o) { o = Not(m) }'
+    )
+    good = verify(model, lambda m: ~m)
+    assert good and all((r.rtol, r.atol) == (0.0, 0.0) for r in good.rows)
+    bad = verify(model, lambda m: m, batch_sizes=(3,))
+    (row,) = bad.rows
+    assert not row.passed and row.max_abs == 1.0 and "12 of 12 elements" in row.note
