@@ -145,8 +145,8 @@ def write_plot(result: DemoResult, path: Path) -> Path:
     ax_cm.set_xlabel("predicted digit")
     ax_cm.set_ylabel("true digit")
     ax_cm.set_title(
-        f"Merged model: {_pct(result.merged_accuracy)} test accuracy "
-        f"({result.same_predictions}/{result.n_test} = native)"
+        f"Merged model: {_pct(result.merged_accuracy)} test accuracy, "
+        f"same digit as native on {result.same_predictions}/{result.n_test}"
     )
     fig.suptitle(f"onnxstitch demo ({result.flavour})")
     fig.savefig(path, dpi=110)

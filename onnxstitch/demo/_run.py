@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,11 @@ class LatencyRow:
 
 @dataclass
 class DemoResult:
-    """Everything the demo measured and wrote. ``files`` maps a short name to each written path."""
+    """Everything the demo measured and wrote.
+
+    ``files`` maps a short name (``model``, ``triton``, ``triton_config``, ``plot``, ``report``) to
+    each written path; ``native`` holds the two trained parts in their own frameworks.
+    """
 
     flavour: str
     seed: int
@@ -112,6 +117,7 @@ class DemoResult:
     confusion: np.ndarray = field(default_factory=lambda: np.zeros((10, 10), dtype=np.int64))
     files: dict[str, Path] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    native: NativeParts | None = field(default=None, repr=False)
 
     @property
     def predictions_equal(self) -> bool:
@@ -261,10 +267,11 @@ def _latency(result: DemoResult, session: Any, parts: NativeParts, images: np.nd
     for batch in BATCH_SIZES:
         x = np.ascontiguousarray(images[:batch])
         feats = parts.run_first(x)
-        first_ms = _median_ms(lambda x=x: parts.run_first(x), result.repeats)
-        second_ms = _median_ms(lambda f=feats: parts.run_second(f), result.repeats)
-        native_ms = _median_ms(lambda x=x: parts.predict(x), result.repeats)
-        merged_ms = _median_ms(lambda x=x: session.run({result.input_name: x}), result.repeats)
+        feeds = {result.input_name: x}
+        first_ms = _median_ms(partial(parts.run_first, x), result.repeats)
+        second_ms = _median_ms(partial(parts.run_second, feats), result.repeats)
+        native_ms = _median_ms(partial(parts.predict, x), result.repeats)
+        merged_ms = _median_ms(partial(session.run, feeds), result.repeats)
         result.latency.append(LatencyRow(batch, native_ms, merged_ms, first_ms + second_ms))
 
 
@@ -366,6 +373,7 @@ def run_demo(
         feature_shape=parts.feature_shape,
         input_layout=parts.input_layout,
         stage_seconds=seconds,
+        native=parts,
     )
     with st.run("convert") as outcome:
         converted = _convert(parts)

@@ -105,10 +105,11 @@ class _KerasEpochs:
     def make(keras: Any, total: int, on_epoch: EpochCallback | None) -> list[Any]:
         if on_epoch is None:
             return []
+        report: EpochCallback = on_epoch
 
-        class _Cb(keras.callbacks.Callback):  # type: ignore[misc, name-defined]
+        class _Cb(keras.callbacks.Callback):  # type: ignore[misc]
             def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-                on_epoch(epoch + 1, total, {k: float(v) for k, v in (logs or {}).items()})
+                report(epoch + 1, total, {k: float(v) for k, v in (logs or {}).items()})
 
         return [_Cb()]
 
@@ -291,7 +292,7 @@ def _keras_head(
 
     def trunk_features(images_nchw: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return trunk(torch.from_numpy(images_nchw)).permute(0, 2, 3, 1).contiguous().numpy()
+            return np.asarray(trunk(torch.from_numpy(images_nchw)).permute(0, 2, 3, 1).contiguous().numpy())
 
     feat_train = trunk_features(_nchw(data.x_train))
     layers = keras.layers
