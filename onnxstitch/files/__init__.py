@@ -39,7 +39,9 @@ def _as_path(path: object, *, what: str) -> Path:
     )
 
 
-def load(path: str | os.PathLike[str], *, verify: bool = False) -> onnx.ModelProto:
+def load(
+    path: str | os.PathLike[str], *, verify: bool = False, trusted_external_data: bool = False
+) -> onnx.ModelProto:
     """Load an ONNX model file safely, with its external data, into one self-contained ModelProto.
 
     Steps, each refusing with a typed error: the file is sniffed before parsing (empty, zip, pickle,
@@ -58,6 +60,10 @@ def load(path: str | os.PathLike[str], *, verify: bool = False) -> onnx.ModelPro
         path: the ``.onnx`` file. External data files must sit in its folder.
         verify: refuse the model unless its bytes (and its external data's) match the manifest
             written by ``save(..., manifest=True)``.
+        trusted_external_data: you trust the folder's layout: external data may be reached
+            through symlinks and hardlinks, wherever they lead (a Hugging Face cache links
+            snapshots to blobs). Absolute and ``..`` locations, special files, offsets and lengths
+            are still checked.
 
     Returns:
         A new ModelProto with all weights inline.
@@ -74,15 +80,16 @@ def load(path: str | os.PathLike[str], *, verify: bool = False) -> onnx.ModelPro
     from onnxstitch.files._read import load_model
 
     p = _as_path(path, what="path")
-    model = load_model(p, verify=verify)
+    model = load_model(p, verify=verify, trusted_layout=trusted_external_data)
     logger.debug("loaded %s (%d nodes)", p, len(model.graph.node))
     return model
 
 
-def check_file(path: str | os.PathLike[str]) -> list[Path]:
+def check_file(path: str | os.PathLike[str], *, trusted_external_data: bool = False) -> list[Path]:
     """Validate a model file and its external-data references without reading any weights.
 
     For callers that hand a *path* to onnxruntime (which would follow a hardlink): call this first.
+    ``trusted_external_data`` as in :func:`load`.
 
     Returns:
         The external data files the model uses (resolved, inside its folder).
@@ -92,7 +99,7 @@ def check_file(path: str | os.PathLike[str]) -> list[Path]:
     """
     from onnxstitch.files._read import external_refs
 
-    _, refs = external_refs(_as_path(path, what="path"))
+    _, refs = external_refs(_as_path(path, what="path"), trusted_layout=trusted_external_data)
     return sorted({ref.path for ref in refs})
 
 
@@ -158,5 +165,4 @@ def _external_files_of(path: Path) -> list[str]:
     from onnxstitch.files._read import external_refs
 
     _, refs = external_refs(path)
-    root = path.parent.resolve()
-    return sorted({ref.path.relative_to(root).as_posix() for ref in refs})
+    return sorted({ref.name for ref in refs})

@@ -23,7 +23,7 @@ from onnxstitch.files._atomic import atomic_open
 from onnxstitch.files._limits import PROTOBUF_LIMIT
 from onnxstitch.files.external import iter_tensors, tensor_nbytes, uses_external_data
 
-__all__ = ["ALIGNMENT", "AUTO_EXTERNAL_BYTES", "save_model"]
+__all__ = ["ALIGNMENT", "AUTO_EXTERNAL_BYTES", "inline_bytes", "save_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _nbytes(tensor: onnx.TensorProto) -> int:
     return int(tensor.ByteSize()) if known is None else known
 
 
-def _inline_bytes(model: onnx.ModelProto) -> int:
+def inline_bytes(model: onnx.ModelProto) -> int:
     """Bytes of all tensor data stored inside ``model`` (a fast, copy-free estimate of its size)."""
     return sum(_nbytes(t) for t in iter_tensors(model) if not uses_external_data(t))
 
@@ -144,7 +144,7 @@ def _write_data(fh: BinaryIO, pending: list[_Pending], location: str) -> None:
 
 
 def _serialize(model: onnx.ModelProto, name: str) -> bytes:
-    inline = _inline_bytes(model)
+    inline = inline_bytes(model)
     if inline >= PROTOBUF_LIMIT:
         raise ModelTooLargeError(
             f"{name}: {inline / 1e9:.2f} GB of tensors would be stored inside the .onnx file, "
@@ -163,7 +163,7 @@ def _serialize(model: onnx.ModelProto, name: str) -> bytes:
 def _decide_external(model: onnx.ModelProto, external_data: bool | None) -> bool:
     if external_data is not None:
         return external_data
-    return _inline_bytes(model) > AUTO_EXTERNAL_BYTES
+    return inline_bytes(model) > AUTO_EXTERNAL_BYTES
 
 
 def _check_target(path: Path) -> None:

@@ -175,20 +175,26 @@ def describe(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None = No
     }
 
 
-def _file_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+def _file_info(path: str | os.PathLike[str], *, trusted: bool = False) -> dict[str, Any]:
     from onnxstitch.files import check_file
 
     p = Path(path)
-    data = [{"file": f.name, "size_bytes": f.stat().st_size} for f in check_file(p)]
+    data = [
+        {"file": f.name, "size_bytes": f.stat().st_size} for f in check_file(p, trusted_external_data=trusted)
+    ]
     return {"path": str(p), "size_bytes": p.stat().st_size, "external_data": data}
 
 
-def describe_file(path: str | os.PathLike[str], *, verify: bool = False) -> dict[str, Any]:
-    """Load ``path`` safely (see :func:`onnxstitch.files.load`) and :func:`describe` it.
+def describe_file(
+    path: str | os.PathLike[str], *, verify: bool = False, trusted_external_data: bool = False
+) -> dict[str, Any]:
+    """Load ``path`` safely (see :func:`onnxstitch.files.load`, whose options these are) and describe it.
 
     Raises:
         ModelFileError, UnsafeModelError, IntegrityError, VersionError, ModelTooLargeError: as ``load``.
     """
     from onnxstitch.files import load
 
-    return describe(load(path, verify=verify), path=path)
+    summary = describe(load(path, verify=verify, trusted_external_data=trusted_external_data))
+    summary["file"] = _file_info(path, trusted=trusted_external_data)
+    return summary

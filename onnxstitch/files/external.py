@@ -48,6 +48,8 @@ class ExternalRef:
         length: how many bytes.
         device: ``st_dev`` of the file when checked.
         inode: ``st_ino`` of the file when checked.
+        name: the location as a clean relative POSIX path (``weights/w.bin``), for manifests.
+        links_ok: the caller trusted the folder's layout (symlinks, hardlinks allowed).
     """
 
     tensor: str
@@ -57,6 +59,8 @@ class ExternalRef:
     length: int
     device: int
     inode: int
+    name: str = ""
+    links_ok: bool = False
 
 
 def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
@@ -147,13 +151,30 @@ def _check_location(tensor: str, location: str) -> PurePosixPath:
     return posix
 
 
-def _walk_inside(root: Path, tensor: str, location: str, rel: PurePosixPath) -> tuple[Path, os.stat_result]:
+def _stat_trusted(where: str, current: Path) -> tuple[Path, os.stat_result]:
+    """Stat through links (the caller trusts the folder's layout); only existence and kind checked."""
+    try:
+        st = current.stat()
+    except FileNotFoundError:
+        raise ModelFileError(f"{where}: file {str(current)!r} does not exist") from None
+    except OSError as exc:
+        raise ModelFileError(f"{where}: cannot read {str(current)!r}: {exc}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeModelError(f"{where}: {str(current)!r} is not a regular file (device, fifo or folder)")
+    return current.resolve(), st
+
+
+def _walk_inside(
+    root: Path, tensor: str, location: str, rel: PurePosixPath, *, links_ok: bool
+) -> tuple[Path, os.stat_result]:
     """Follow ``rel`` from ``root`` one component at a time, refusing symlinks; stat the file."""
     where = f"tensor {tensor!r} external data {location!r}"
     current = root
     parts = [p for p in rel.parts if p not in ("", ".")]
     if not parts:
         raise ModelFileError(f"{where} names the model's folder, not a file")
+    if links_ok:
+        return _stat_trusted(where, root.joinpath(*parts))
     for index, part in enumerate(parts):
         current = current / part
         try:
@@ -202,12 +223,12 @@ def _parse_int(tensor: str, location: str, key: str, raw: str) -> int:
     return value
 
 
-def _check_tensor(root: Path, tensor: onnx.TensorProto) -> ExternalRef:
+def _check_tensor(root: Path, tensor: onnx.TensorProto, *, links_ok: bool) -> ExternalRef:
     entries = {e.key: e.value for e in tensor.external_data}
     name = tensor.name or "<unnamed>"
     location = entries.get("location", "")
     rel = _check_location(name, location)
-    path, st = _walk_inside(root, name, location, rel)
+    path, st = _walk_inside(root, name, location, rel, links_ok=links_ok)
     offset = _parse_int(name, location, "offset", entries.get("offset", "0"))
     size = st.st_size
     if offset > size:
@@ -230,15 +251,21 @@ def _check_tensor(root: Path, tensor: onnx.TensorProto) -> ExternalRef:
             f"{list(tensor.dims)} and type need {expected}",
             hint="the data file does not belong to this model; re-export it",
         )
-    return ExternalRef(name, location, path, offset, length, st.st_dev, st.st_ino)
+    clean = "/".join(p for p in rel.parts if p not in ("", "."))
+    return ExternalRef(name, location, path, offset, length, st.st_dev, st.st_ino, clean, links_ok)
 
 
-def check_external_data(model: onnx.ModelProto, model_dir: str | os.PathLike[str]) -> list[ExternalRef]:
+def check_external_data(
+    model: onnx.ModelProto, model_dir: str | os.PathLike[str], *, trusted_layout: bool = False
+) -> list[ExternalRef]:
     """Validate every external-data reference of ``model`` against ``model_dir``; read nothing.
 
     Args:
         model: a model parsed without its external data.
         model_dir: the folder of the ``.onnx`` file; the only place data may come from.
+        trusted_layout: allow symlinks and hardlinks on the way to the data files, wherever they
+            lead (a Hugging Face cache links snapshots to blobs). Absolute and ``..`` locations,
+            special files and offsets/lengths are still checked.
 
     Returns:
         One :class:`ExternalRef` per external tensor, in model order.
@@ -249,7 +276,9 @@ def check_external_data(model: onnx.ModelProto, model_dir: str | os.PathLike[str
         ModelFileError: a data file is missing, or an offset/length is malformed or past its end.
     """
     root = Path(model_dir)
-    return [_check_tensor(root, t) for t in iter_tensors(model) if uses_external_data(t)]
+    return [
+        _check_tensor(root, t, links_ok=trusted_layout) for t in iter_tensors(model) if uses_external_data(t)
+    ]
 
 
 def _read_exact(ref: ExternalRef) -> bytes:
@@ -261,11 +290,8 @@ def _read_exact(ref: ExternalRef) -> bytes:
         raise UnsafeModelError(f"{where}: cannot open {str(ref.path)!r} safely: {exc}") from exc
     try:
         st = os.fstat(fd)
-        if (
-            (st.st_dev, st.st_ino) != (ref.device, ref.inode)
-            or st.st_nlink > 1
-            or not stat.S_ISREG(st.st_mode)
-        ):
+        swapped = (st.st_dev, st.st_ino) != (ref.device, ref.inode) or not stat.S_ISREG(st.st_mode)
+        if swapped or (st.st_nlink > 1 and not ref.links_ok):
             raise UnsafeModelError(f"{where}: {str(ref.path)!r} changed while the model was being loaded")
         if ref.offset + ref.length > st.st_size:
             raise ModelFileError(f"{where}: file shrank while the model was being loaded")

@@ -200,3 +200,38 @@ def test_model_in_cwd_with_relative_path(
     path = external_model()
     monkeypatch.chdir(path.parent)
     assert files.load("m.onnx").graph.initializer[0].raw_data == W_BYTES
+
+
+def test_trusted_external_data_allows_links_but_not_escapes(
+    external_model: WriteModel, tmp_path: Path, secret: Path
+) -> None:
+    """A Hugging Face-style cache: snapshots/<rev>/w.bin is a symlink to ../../blobs/<sha>."""
+    blobs = tmp_path / "cache" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / "abc123").write_bytes(W_BYTES)
+    snap = tmp_path / "cache" / "snapshots" / "rev"
+    path = external_model(folder=snap, data_name=None)
+    (snap / "w.bin").symlink_to(Path("../../blobs/abc123"))
+    with pytest.raises(UnsafeModelError, match="symlink"):
+        files.load(path)
+    loaded = files.load(path, trusted_external_data=True)
+    assert loaded.graph.initializer[0].raw_data == W_BYTES
+    assert files.check_file(path, trusted_external_data=True) == [(blobs / "abc123").resolve()]
+    from onnxstitch.files.describe import describe_file
+
+    info = describe_file(path, trusted_external_data=True)["file"]
+    assert info["external_data"] == [{"file": "abc123", "size_bytes": 1024}]
+    # a hardlink is accepted too, when trusted
+    hard = external_model(folder=tmp_path / "hard", data_name=None)
+    os.link(blobs / "abc123", tmp_path / "hard" / "w.bin")
+    assert files.load(hard, trusted_external_data=True).graph.initializer[0].raw_data == W_BYTES
+    # what the model file itself says is still checked
+    escape = external_model(folder=tmp_path / "esc", location="../secret.bin", data_name=None)
+    with pytest.raises(UnsafeModelError, match="climbs out"):
+        files.load(escape, trusted_external_data=True)
+    absolute = external_model(folder=tmp_path / "abs", location=str(secret), data_name=None)
+    with pytest.raises(UnsafeModelError, match="absolute"):
+        files.load(absolute, trusted_external_data=True)
+    bad_len = external_model(folder=tmp_path / "len", length="4096")
+    with pytest.raises(ModelFileError, match="past the file's end"):
+        files.load(bad_len, trusted_external_data=True)
