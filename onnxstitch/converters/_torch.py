@@ -129,7 +129,7 @@ def from_torch(
         output_names: graph output names; default ``output`` (one output) or ``output_0``, ``output_1``…
         dynamic_dims: ``{input name: {axis: symbol}}``; the same symbol is the same dimension. Default:
             dim 0 of every input is the dynamic ``batch``. ``{}`` makes every dim static; an input
-            left out of a non-empty mapping is fully static.
+            left out of a non-empty mapping is fully static. Not for a ``.pt2`` (fixed at export).
         opset: the ai.onnx opset; default: the exporter's (checked against onnxruntime's newest).
         validate: run the module and the ONNX model on the same seeded random inputs at batch
             sizes 1 and 7 (only the static size when dim 0 is static) and compare every output.
@@ -324,6 +324,12 @@ def _dynamic_spec(
 ) -> dict[str, dict[int, str]]:
     """``{input name: {axis >= 0: symbol}}`` after checking names and axes."""
     tensors = dict(zip(names, [*args, *kwargs.values()], strict=True))
+    if source.is_program and dynamic_dims is not None:
+        raise ConversionError(
+            f"{source.label}: dynamic_dims cannot change a .pt2 program: its dynamic dims were fixed "
+            "when it was exported",
+            hint="export it again with torch.export.export(..., dynamic_shapes=...), or pass the nn.Module",
+        )
     if dynamic_dims is None:
         return {n: {0: _BATCH} for n, t in tensors.items() if t.dim() >= 1}
     problems: list[str] = []

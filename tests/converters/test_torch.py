@@ -320,6 +320,11 @@ def test_pt2_accepted_with_trusted(pt2_file: Path) -> None:
     np.testing.assert_allclose(_run(model, {"features": x})[0], want, rtol=1e-4, atol=1e-5)
 
 
+def test_pt2_dynamic_dims_refused(pt2_file: Path) -> None:
+    with pytest.raises(ConversionError, match="fixed when it was exported"):
+        ox.from_torch(pt2_file, None, trusted=True, dynamic_dims={"features": {0: "n"}})
+
+
 def test_bad_paths(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="does not exist"):
         ox.from_torch(tmp_path / "missing.pt2", None, trusted=True)
