@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import make_model
+from _files_models import make_model
 
 from onnxstitch import files
 from onnxstitch.errors import ModelFileError, UnsafeModelError

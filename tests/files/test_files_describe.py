@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from conftest import make_model
+from _files_models import make_model
 from onnx import helper, numpy_helper
 
 from onnxstitch import _meta, files

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import typer
-from conftest import make_model
+from _files_models import make_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper

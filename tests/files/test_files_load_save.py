@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import make_model
+from _files_models import make_model
 from onnx import numpy_helper
 
 from onnxstitch import files
