@@ -30,16 +30,15 @@ class _StageDisplay:
     """A rich progress display with one line per stage: spinner, bar (epochs), outcome, time."""
 
     def __init__(self, flavour: str) -> None:
-        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         from onnxstitch.demo import stages
 
         self.progress = Progress(
             SpinnerColumn(finished_text="[green]✓[/]"),
             TextColumn("{task.description}"),
-            BarColumn(bar_width=20),
-            TextColumn("[dim]{task.fields[detail]}"),
             TimeElapsedColumn(),
+            TextColumn("[dim]{task.fields[detail]}"),
             console=console,
         )
         add = self.progress.add_task

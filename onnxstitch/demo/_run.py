@@ -133,18 +133,18 @@ class DemoResult:
 def stages(flavour: str) -> list[tuple[str, str]]:
     """The demo's stages as ``(key, title)`` pairs, in order, for ``flavour``."""
     if flavour == "keras-torch":
-        first, second = "the Keras CNN backbone (Keras)", "the PyTorch head on its features (PyTorch)"
+        first, second = "the Keras backbone (Keras)", "the PyTorch head (PyTorch)"
     else:
-        first, second = "the PyTorch conv trunk (PyTorch)", "the Keras head on its features (Keras)"
+        first, second = "the PyTorch trunk (PyTorch)", "the Keras head (Keras)"
     return [
         ("data", "Load the digits (scikit-learn)"),
         ("train_first", f"Train {first}"),
         ("train_second", f"Train {second}"),
-        ("convert", "Convert both to ONNX (ox.from_keras, ox.from_torch)"),
-        ("chain", "Chain them into one model (ox.chain)"),
-        ("verify", "Verify against the native chain (ox.verify)"),
-        ("latency", "Time native chain vs merged model"),
-        ("write", "Write the model, Triton repository, report, plot"),
+        ("convert", "Convert both to ONNX"),
+        ("chain", "Chain into one model (ox.chain)"),
+        ("verify", "Verify vs native chain (ox.verify)"),
+        ("latency", "Time native chain vs merged"),
+        ("write", "Write model, Triton repo, report"),
     ]
 
 
@@ -351,11 +351,11 @@ def run_demo(
     st = _Stages(flavour, progress, seconds)
     with st.run("data") as outcome:
         data = load_digits_split()
-        outcome.append(f"{len(data.y_train):,} train / {len(data.y_test):,} test images")
+        outcome.append(f"{len(data.y_train):,} train / {len(data.y_test):,} test")
     setup_frameworks(seed=seed, threads=n_threads)
     with st.run("train_first", total=epochs) as outcome:
         first = train_first(flavour, data, epochs=epochs, on_epoch=st.epochs("train_first"))
-        outcome.append(f"test accuracy {first.accuracy:.3f} (temporary classifier)")
+        outcome.append(f"test accuracy {first.accuracy:.3f}")
     with st.run("train_second", total=epochs) as outcome:
         parts = train_second(first, data, epochs=epochs, on_epoch=st.epochs("train_second"))
         outcome.append(f"chain test accuracy {_accuracy(parts.predict(_test_images(parts, data)), data):.3f}")
@@ -377,22 +377,24 @@ def run_demo(
     )
     with st.run("convert") as outcome:
         converted = _convert(parts)
-        outcome.append("each checked against its framework")
+        outcome.append("each matches its framework")
     with st.run("chain") as outcome:
         merged = ox.chain(converted)
         frameworks = dict(zip(converted, (parts.first_framework, parts.second_framework), strict=True))
         result.summary, result.adapters = _part_summary(merged, frameworks)
-        n = len(result.adapters)
-        outcome.append(f"{len(merged.graph.node)} nodes, {n} adapter{'' if n == 1 else 's'} inserted")
+        adapters = ", ".join(a.split(": ", 1)[1] for a in result.adapters) or "no"
+        outcome.append(f"{len(merged.graph.node)} nodes, {adapters} adapter")
     images = _test_images(parts, data)
     with st.run("verify") as outcome:
         session = _verify(result, merged, parts, images, data.y_test)
-        outcome.append(f"{result.same_predictions}/{result.n_test} same predictions")
-        outcome.append(f"max abs error {result.max_abs_error:.1e}")
+        outcome.append(f"{result.same_predictions}/{result.n_test} same")
+        outcome.append(f"max err {result.max_abs_error:.1e}")
     with st.run("latency", total=len(BATCH_SIZES)) as outcome:
         _latency(result, session, parts, images)
-        outcome.extend(f"batch {r.batch}: {r.speedup:.1f}× faster" for r in result.latency)
+        speedups = " / ".join(f"{r.speedup:.1f}×" for r in result.latency)
+        batches = " / ".join(str(r.batch) for r in result.latency)
+        outcome.append(f"merged {speedups} faster (batch {batches})")
     with st.run("write") as outcome:
         _write(result, merged, Path(out_dir))
-        outcome.append(f"in {out_dir}")
+        outcome.append(f"{out_dir}{os.sep}")
     return result

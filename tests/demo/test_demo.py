@@ -130,7 +130,7 @@ def test_progress_events(keras_torch) -> None:  # type: ignore[no-untyped-def]
     assert epochs == [0, 1, 2]
     assert all(e.title == dict(stages("keras-torch"))[e.stage] for e in events)
     verify = next(e for e in events if e.stage == "verify" and e.finished)
-    assert "360/360 same predictions" in verify.detail
+    assert "360/360 same" in verify.detail
 
 
 def test_seed_makes_training_reproducible(digits) -> None:  # type: ignore[no-untyped-def]
