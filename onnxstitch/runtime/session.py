@@ -159,6 +159,9 @@ class Session:
             ``onnxruntime.InferenceSession`` made elsewhere with default options is refused).
         spinning: let idle intra-op threads spin (fastest for one session alone); turn it off when
             several sessions or frameworks share the cores.
+        cuda_options: extra options of onnxruntime's CUDA execution provider (strings), e.g.
+            ``{"prefer_nhwc": "1"}`` (channels-last convolution kernels) or ``{"use_tf32": "0"}``
+            (exact fp32 matmuls and convolutions; TF32 is the provider's default).
 
     Raises:
         DeviceError: the device is unknown or unavailable.
@@ -178,6 +181,7 @@ class Session:
         fp16: bool = False,
         shared_threads: bool = False,
         spinning: bool = True,
+        cuda_options: Mapping[str, str] | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -192,7 +196,12 @@ class Session:
         providers = resolve_providers(device)
         _, device_id = _parse_device(device)
         options = _session_options(optimization, threads, shared_threads=shared_threads, spinning=spinning)
-        provider_options = [{"device_id": str(device_id)} if p in (_CUDA, _TRT) else {} for p in providers]
+        provider_options: list[dict[str, str]] = []
+        for p in providers:
+            entry = {"device_id": str(device_id)} if p in (_CUDA, _TRT) else {}
+            if p == _CUDA and cuda_options:
+                entry.update({str(k): str(v) for k, v in cuda_options.items()})
+            provider_options.append(entry)
         source = self._source(model_or_path)
         started = time.perf_counter()
         try:
