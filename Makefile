@@ -24,6 +24,7 @@ test: install
 lint: install
 	$(PYTHON) -m ruff check onnxstitch tests scripts
 	$(PYTHON) -m ruff format --check onnxstitch tests scripts
+	$(PYTHON) -m mypy
 
 bench: install
 	$(PYTHON) scripts/bench/run_all.py

@@ -61,9 +61,21 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from onnxstitch import errors
-    from onnxstitch.compose import Link, adapters, chain, extract, merge, optimize, replace
-    from onnxstitch.converters import from_keras, from_torch
-    from onnxstitch.files import load, save
-    from onnxstitch.runtime import Session, VerifyReport, bench, verify
-    from onnxstitch.runtime.deploy import deploy_kserve, deploy_triton
+    from onnxstitch import errors as errors
+    from onnxstitch.compose import Link as Link
+    from onnxstitch.compose import adapters as adapters
+    from onnxstitch.compose import chain as chain
+    from onnxstitch.compose import extract as extract
+    from onnxstitch.compose import merge as merge
+    from onnxstitch.compose import optimize as optimize
+    from onnxstitch.compose import replace as replace
+    from onnxstitch.converters import from_keras as from_keras
+    from onnxstitch.converters import from_torch as from_torch
+    from onnxstitch.files import load as load
+    from onnxstitch.files import save as save
+    from onnxstitch.runtime import Session as Session
+    from onnxstitch.runtime import VerifyReport as VerifyReport
+    from onnxstitch.runtime import bench as bench
+    from onnxstitch.runtime import verify as verify
+    from onnxstitch.runtime.deploy import deploy_kserve as deploy_kserve
+    from onnxstitch.runtime.deploy import deploy_triton as deploy_triton

@@ -34,7 +34,7 @@ _COMMAND_MODULES = (
 class _StitchGroup(TyperGroup):
     """Turns a StitchError anywhere below into a one-line message and exit code 1."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer vendors click: its Context type is private
         try:
             return super().invoke(ctx)
         except StitchError as exc:

@@ -145,7 +145,7 @@ def deploy_kserve(
         memory=memory,
         gpus=gpus,
     )
-    text = yaml.safe_dump(manifest, sort_keys=False)
+    text: str = yaml.safe_dump(manifest, sort_keys=False)
     if output is not None:
         path = Path(output)
         if path.exists() and not force:
