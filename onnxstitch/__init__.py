@@ -31,11 +31,9 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "adapters": ("onnxstitch.compose.adapters", None),
     # runtime
     "Session": ("onnxstitch.runtime", "Session"),
-    # the modules runtime/verify.py and runtime/bench.py share these names: once imported, the package
-    # attribute `onnxstitch.runtime.verify` is the module, so point at the function's module directly
-    "verify": ("onnxstitch.runtime.verify", "verify"),
-    "VerifyReport": ("onnxstitch.runtime.verify", "VerifyReport"),
-    "bench": ("onnxstitch.runtime.bench", "bench"),
+    "verify": ("onnxstitch.runtime", "verify"),
+    "VerifyReport": ("onnxstitch.runtime", "VerifyReport"),
+    "bench": ("onnxstitch.runtime", "bench"),
     "deploy_triton": ("onnxstitch.runtime.deploy", "deploy_triton"),
     "deploy_kserve": ("onnxstitch.runtime.deploy", "deploy_kserve"),
     # errors module

@@ -43,7 +43,7 @@ def bench_command(
     from rich.progress import Progress
     from rich.table import Table
 
-    from onnxstitch.runtime.bench import bench
+    from onnxstitch.runtime.benchmark import bench
 
     sizes = parse_ints(batch, option="--batch")
     with Progress(console=err_console, transient=True, disable=json_out) as bar:

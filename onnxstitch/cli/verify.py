@@ -41,7 +41,7 @@ def verify_command(
     """Run the model and the reference on the same feeds; exit 1 when an output differs."""
     from onnxstitch.cli.bench import parse_ints
     from onnxstitch.cli.run import load_feeds
-    from onnxstitch.runtime.verify import verify
+    from onnxstitch.runtime.verification import verify
 
     function = import_object(reference, what="reference")
     sizes = parse_ints(batch_sizes, option="--batch-sizes")

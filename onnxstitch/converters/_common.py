@@ -37,7 +37,7 @@ Checks:
     ``finalize(model, *, what) -> ModelProto``  ``onnx.checker`` (full) + strict shape inference; returns
         the inferred model (a new object). Raises :class:`ConversionError` naming ``what``.
     ``validate(model, reference, *, what, batch_sizes=None, rtol=1e-4, atol=1e-5, feeds=None)``
-        ``onnxstitch.runtime.verify.verify``; raises ValidationError (with the report) on mismatch.
+        ``onnxstitch.runtime.verification.verify``; raises ValidationError (with the report) on mismatch.
 """
 
 from __future__ import annotations
@@ -367,7 +367,7 @@ def validate(
     """Compare ``model`` with ``reference`` on seeded random inputs; raise on any mismatch.
 
     ``batch_sizes`` defaults to :func:`batch_sizes_for`. ``reference`` is called with the model's
-    inputs as positional numpy arrays, in graph-input order (see ``onnxstitch.runtime.verify``).
+    inputs as positional numpy arrays, in graph-input order (see ``onnxstitch.runtime.verification``).
 
     Returns:
         The passing ``VerifyReport``.
@@ -376,7 +376,7 @@ def validate(
         ValidationError: some output differs beyond ``rtol``/``atol`` (carries the per-output table).
         StitchError: the reference or the ONNX model could not run (message names ``what``).
     """
-    from onnxstitch.runtime.verify import verify
+    from onnxstitch.runtime.verification import verify
 
     sizes = tuple(batch_sizes) if batch_sizes is not None else batch_sizes_for(model)
     logger.info("validating %s at batch sizes %s (rtol=%g, atol=%g)", what, sizes, rtol, atol)

@@ -588,7 +588,7 @@ def _tie_traced_outputs(model: onnx.ModelProto, source: _Source) -> None:
     try:
         import onnxruntime as ort
 
-        from onnxstitch.runtime.verify import random_feeds
+        from onnxstitch.runtime.verification import random_feeds
 
         session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         firsts = {b: [o.shape[0] for o in session.run(None, random_feeds(model, b))] for b in (2, 5)}

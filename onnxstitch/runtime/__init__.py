@@ -12,13 +12,13 @@ __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "Session": "session:Session",
-        "verify": "verify:verify",
-        "VerifyReport": "verify:VerifyReport",
-        "bench": "bench:bench",
+        "verify": "verification:verify",
+        "VerifyReport": "verification:VerifyReport",
+        "bench": "benchmark:bench",
     },
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from onnxstitch.runtime.bench import bench
+    from onnxstitch.runtime.benchmark import bench
     from onnxstitch.runtime.session import Session
-    from onnxstitch.runtime.verify import VerifyReport, verify
+    from onnxstitch.runtime.verification import VerifyReport, verify

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from onnxstitch.errors import DeviceError, StitchError
-from onnxstitch.runtime.bench import BenchResult, bench, peak_rss_mb
+from onnxstitch.runtime.benchmark import BenchResult, bench, peak_rss_mb
 
 
 def test_bench_rows(mlp_model: onnx.ModelProto) -> None:

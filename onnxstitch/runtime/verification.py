@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -381,18 +379,3 @@ def verify(
     report = VerifyReport(tuple(rows), label)
     logger.info("verify %s: %s", label, "passed" if report else f"{len(report.failures)} failing row(s)")
     return report
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``from onnxstitch.runtime import verify`` be called even when it names this module.
-
-    Importing ``onnxstitch.runtime.verify`` (e.g. for ``random_feeds``) makes Python bind the
-    package attribute ``verify`` to the module, shadowing the lazily exported function of the
-    same name; calling the module calls the function.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> VerifyReport:
-        return verify(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 import time
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -148,7 +147,7 @@ def bench(
     """
     from onnxstitch.files import as_model
     from onnxstitch.runtime.session import Session
-    from onnxstitch.runtime.verify import random_feeds
+    from onnxstitch.runtime.verification import random_feeds
 
     bad = [b for b in batch_sizes if b < 1]
     if not batch_sizes or bad:
@@ -172,17 +171,3 @@ def bench(
     return BenchResult(
         label, device, tuple(session.providers), threads, session.creation_seconds, peak_rss_mb(), tuple(rows)
     )
-
-
-class _CallableModule(types.ModuleType):
-    """Lets ``from onnxstitch.runtime import bench`` be called even when it names this module.
-
-    Importing ``onnxstitch.runtime.bench`` makes Python bind the package attribute ``bench`` to the
-    module, shadowing the lazily exported function of the same name; calling the module calls it.
-    """
-
-    def __call__(self, *args: Any, **kwargs: Any) -> BenchResult:
-        return bench(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
