@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AdapterError",
     "ConversionError",
     "CycleError",
     "DeployError",
@@ -21,6 +22,8 @@ __all__ = [
     "MissingDependencyError",
     "ModelFileError",
     "ModelTooLargeError",
+    "RunTimeoutError",
+    "SandboxError",
     "SeamError",
     "ServeError",
     "SpecError",
@@ -105,6 +108,10 @@ class SpecError(StitchError):
     """A merge specification is malformed: unknown key or tensor, bad link string, bad YAML, ..."""
 
 
+class AdapterError(SpecError):
+    """An adapter was asked for with arguments it cannot be built from (bad perm, dtype, shape, ...)."""
+
+
 class CycleError(SpecError):
     """The links between parts form a cycle."""
 
@@ -149,11 +156,5 @@ class RunTimeoutError(StitchError):
     """A model run was cancelled: its ``timeout`` passed or ``Session.terminate()`` was called."""
 
 
-__all__ += ["RunTimeoutError"]
-
-
 class SandboxError(StitchError):
     """A model crashed, hung or ran out of memory while loaded in the sandbox subprocess."""
-
-
-__all__ += ["SandboxError"]

@@ -37,7 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxstitch import _meta
-from onnxstitch.errors import SpecError
+from onnxstitch.errors import AdapterError
 
 __all__ = [
     "DTYPES",
@@ -77,10 +77,6 @@ DTYPES: dict[str, int] = {
 }
 _FLOAT_DTYPES = ("float16", "float32", "float64")
 _NUMERIC_DTYPES = tuple(name for name in DTYPES if name != "bool")
-
-
-class AdapterError(SpecError):
-    """An adapter was asked for with arguments it cannot be built from (bad perm, dtype, shape, ...)."""
 
 
 # ---------------------------------------------------------------------------------------------
