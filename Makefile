@@ -8,9 +8,9 @@ STAMP = .install.stamp
 .PHONY: install demo test lint bench deploy-env
 
 # torch==2.13.0 first: a bare "torch" requirement would resolve a multi-GB CUDA build.
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints-dev.txt
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev]' -c constraints-dev.txt
 	touch $(STAMP)
 
 install: $(STAMP)
