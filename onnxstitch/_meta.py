@@ -80,6 +80,7 @@ def get_parts(model: onnx.ModelProto) -> list[str]:
     raw = get_props(model).get(PARTS)
     return list(json.loads(raw)) if raw else []
 
+
 # Appended by the compose core: the resolved wiring of a merged model (JSON: parts, links, inputs,
 # outputs, per-part layouts/sources), read back by ``extract(part=...)`` and ``replace``.
 SPEC = PREFIX + "spec"

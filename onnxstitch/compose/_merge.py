@@ -330,5 +330,3 @@ def _optimized(merged: onnx.ModelProto) -> onnx.ModelProto:
     if not in_memory:
         log.warning("model past 2 GB: parity of the optimized model not re-checked in memory")
     return run_optimize(merged, check_parity=in_memory)
-
-

@@ -47,7 +47,7 @@ import importlib
 import logging
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -55,6 +55,7 @@ from typing import Any
 import onnx
 
 from onnxstitch import _meta
+from onnxstitch._graphs import tensor_names, walk_graphs
 from onnxstitch.errors import (
     ConversionError,
     MissingDependencyError,
@@ -144,17 +145,6 @@ def clean_name(name: str) -> str:
     return name[:-2] if name.endswith(":0") else name
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _graphs(g)
-
-
 def rename_tensors(model: onnx.ModelProto, mapping: Mapping[str, str]) -> onnx.ModelProto:
     """Rename tensors everywhere in ``model`` (in place) and return it.
 
@@ -164,14 +154,14 @@ def rename_tensors(model: onnx.ModelProto, mapping: Mapping[str, str]) -> onnx.M
     mapping = {k: v for k, v in mapping.items() if k != v}
     if not mapping:
         return model
-    used = _all_names(model)
+    used = tensor_names(model)
     clashes = sorted(v for v in set(mapping.values()) if v in used and v not in mapping)
     if clashes or len(set(mapping.values())) != len(mapping):
         raise ConversionError(
             f"cannot rename tensors {dict(mapping)}: the names {clashes or 'given'} are already taken",
             hint="choose input/output names that do not collide with each other or internal tensors",
         )
-    for g in _graphs(model.graph):
+    for g in walk_graphs(model.graph):
         for node in g.node:
             for i, name in enumerate(node.input):
                 node.input[i] = mapping.get(name, name)
@@ -181,18 +171,6 @@ def rename_tensors(model: onnx.ModelProto, mapping: Mapping[str, str]) -> onnx.M
             for item in seq:
                 item.name = mapping.get(item.name, item.name)
     return model
-
-
-def _all_names(model: onnx.ModelProto) -> set[str]:
-    names: set[str] = set()
-    for g in _graphs(model.graph):
-        for node in g.node:
-            names.update(node.input)
-            names.update(node.output)
-        for seq in (g.input, g.output, g.value_info, g.initializer):
-            names.update(item.name for item in seq)
-    names.discard("")
-    return names
 
 
 # --------------------------------------------------------------------------------- symbolic dims

@@ -25,6 +25,7 @@ from typing import Any
 
 import onnx
 
+from onnxstitch._graphs import tensor_names, walk_graphs
 from onnxstitch.converters import _common
 from onnxstitch.converters._keras_sources import (
     KERAS_FILE_SUFFIXES,
@@ -212,7 +213,7 @@ def unsupported_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
     """
     opsets = {o.domain or "": o.version for o in model.opset_import}
     found: dict[str, list[str]] = defaultdict(list)
-    for graph in _graphs(model.graph):
+    for graph in walk_graphs(model.graph):
         for node in graph.node:
             domain = "" if node.domain == "ai.onnx" else node.domain
             if not _is_standard(node.op_type, domain, opsets.get(domain)):
@@ -259,7 +260,7 @@ def _rename_ends(model: onnx.ModelProto, traced: Traced) -> None:
     missing = sorted(k for k in mapping if k not in present)
     if missing:
         raise ConversionError(f"{traced.what}: tf2onnx's result lacks the tensors {missing}")
-    taken = _tensor_names(model) - set(mapping)
+    taken = tensor_names(model) - set(mapping)
     clashes = {n: f"{n}__internal" for n in set(mapping.values()) & taken}
     _common.rename_tensors(model, clashes)
     _common.rename_tensors(model, mapping)
@@ -285,28 +286,6 @@ def _unclaim_batch(model: onnx.ModelProto, report: Any) -> None:
                 "output %r: dim 0 does not follow the batch size; symbol %s_dim0", value.name, value.name
             )
             dims[0].dim_param = f"{value.name}_dim0"
-
-
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _graphs(sub)
-
-
-def _tensor_names(model: onnx.ModelProto) -> set[str]:
-    names: set[str] = set()
-    for g in _graphs(model.graph):
-        for node in g.node:
-            names.update(node.input)
-            names.update(node.output)
-        for seq in (g.input, g.output, g.value_info, g.initializer):
-            names.update(item.name for item in seq)
-    names.discard("")
-    return names
 
 
 def _stable_dims(model: onnx.ModelProto) -> None:

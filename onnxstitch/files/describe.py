@@ -43,6 +43,7 @@ import onnx
 from onnx import helper
 
 from onnxstitch import _meta
+from onnxstitch._graphs import walk_graphs
 
 __all__ = ["SHARED", "UNASSIGNED", "describe", "describe_file"]
 
@@ -76,16 +77,6 @@ def _value_info(vi: onnx.ValueInfoProto, layouts: dict[str, str]) -> dict[str, A
     return {"name": vi.name, "dtype": dtype, "shape": shape, "layout": layouts.get(vi.name)}
 
 
-def _graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                yield from _graphs(attr.g)
-            for sub in attr.graphs:
-                yield from _graphs(sub)
-
-
 def _tensor_size(tensor: onnx.TensorProto) -> tuple[int, int]:
     count = int(math.prod(tensor.dims))
     try:
@@ -103,7 +94,7 @@ def _node_inputs(node: onnx.NodeProto) -> Iterator[str]:
     for attr in node.attribute:
         subs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
         for sub in subs:
-            for inner in _graphs(sub):
+            for inner in walk_graphs(sub):
                 for n in inner.node:
                     yield from n.input
 
@@ -150,7 +141,7 @@ def describe(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None = No
     """
     layouts = _meta.get_layouts(model)
     sizes: dict[str, tuple[int, int]] = {}
-    for graph in _graphs(model.graph):
+    for graph in walk_graphs(model.graph):
         for tensor in graph.initializer:
             sizes[tensor.name] = _tensor_size(tensor)
         for sparse in graph.sparse_initializer:
