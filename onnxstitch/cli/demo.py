@@ -94,6 +94,14 @@ def _summary(result: DemoResult) -> Any:
             f"{row.native_ms:.2f} ms",
             f"{row.merged_ms:.2f} ms  [green]({row.speedup:.1f}× faster)[/]",
         )
+    contended = [r for r in result.latency if r.native_ms > 2 * r.parts_ms]
+    note = (
+        f"[dim]At batch {', '.join(str(r.batch) for r in contended)} the native chain is slowed by the two "
+        f"frameworks' thread pools competing for the cores: its parts, each timed alone, take "
+        f"{', '.join(f'{r.parts_ms:.2f} ms' for r in contended)} in total (report.md has both).[/]"
+        if contended
+        else ""
+    )
     out = result.out_dir
     files = Table(box=None, padding=(0, 2), show_header=False)
     for path, what in (
@@ -110,7 +118,7 @@ def _summary(result: DemoResult) -> Any:
     )
     title = f"[bold]onnxstitch demo ({result.flavour}, seed {result.seed}, {result.epochs} epochs)[/]"
     return Panel(
-        Group(story, "", table, "", "[bold]Files[/]", files, "", "[bold]Next[/]", nxt),
+        Group(story, "", table, *[note][: bool(note)], "", "[bold]Files[/]", files, "", "[bold]Next[/]", nxt),
         title=title,
         expand=False,
     )

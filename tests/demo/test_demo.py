@@ -233,3 +233,71 @@ def test_cli_refuses_unknown_flavour() -> None:
     )
     assert proc.returncode == 2
     assert "jax" in proc.stderr and "keras-torch" in proc.stderr
+
+
+def _synthetic_result(tmp_path: Path, *, native_ms: float):  # type: ignore[no-untyped-def]
+    from onnxstitch.demo import DemoResult, LatencyRow
+
+    files = {
+        "model": tmp_path / "hybrid.onnx",
+        "triton": tmp_path / "triton" / "hybrid",
+        "triton_config": tmp_path / "triton" / "hybrid" / "config.pbtxt",
+        "plot": tmp_path / "demo.png",
+        "report": tmp_path / "report.md",
+    }
+    return DemoResult(
+        flavour="torch-keras",
+        seed=7,
+        epochs=3,
+        threads=2,
+        repeats=5,
+        n_train=1437,
+        n_test=360,
+        first_framework="torch",
+        second_framework="keras",
+        first_accuracy=0.9,
+        feature_shape=(4, 4, 32),
+        input_name="image",
+        input_layout="NCHW",
+        input_shape=("batch", 1, 8, 8),
+        output_name="logits",
+        native_accuracy=0.95,
+        merged_accuracy=0.95,
+        same_predictions=360,
+        max_abs_error=3e-6,
+        verified=True,
+        verify_table="(table)",
+        latency=[LatencyRow(1, 0.5, 0.05, 0.4), LatencyRow(64, native_ms, 0.6, 1.5)],
+        summary="(parts)",
+        adapters=["head.adapter: Transpose"],
+        files=files,
+    )
+
+
+@pytest.mark.parametrize("native_ms", [1.8, 60.0])
+def test_cli_summary_explains_a_contended_native_chain(tmp_path: Path, native_ms: float) -> None:
+    from rich.console import Console
+
+    from onnxstitch.cli.demo import _summary
+
+    result = _synthetic_result(tmp_path, native_ms=native_ms)
+    console = Console(record=True, width=200)
+    console.print(_summary(result))
+    text = console.export_text()
+    assert "onnxstitch demo (torch-keras, seed 7, 3 epochs)" in text
+    assert "layout adapter by itself (head.adapter: Transpose)" in text
+    assert "100.0× faster" in text if native_ms == 60.0 else "3.0× faster" in text
+    contended = "At batch 64 the native chain is slowed" in text
+    assert contended == (native_ms == 60.0)
+    if contended:
+        assert "take 1.50 ms in total" in text
+
+
+def test_report_of_synthetic_result(tmp_path: Path) -> None:
+    from onnxstitch.demo._report import render_report
+
+    text = render_report(_synthetic_result(tmp_path, native_ms=60.0))
+    assert text.startswith("# onnxstitch demo: PyTorch trunk + Keras head (torch-keras)")
+    assert "| 64 | 60.000 | 1.500 | 0.600 | 100.0× |" in text
+    assert "- `head.adapter: Transpose`" in text
+    assert "input `image` (NCHW, shape" in text and "['batch', 1, 8, 8]" in text
