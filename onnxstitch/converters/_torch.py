@@ -9,6 +9,7 @@ checked against the torch module on seeded random inputs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import io
@@ -17,7 +18,7 @@ import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -433,7 +434,11 @@ def _export_dynamo(
         objects = _dim_objects(torch, dims)
         per_input = [{a: objects[s] for a, s in dims.get(n, {}).items()} or None for n in names]
         shapes = dict(zip(kwargs, per_input, strict=True)) if kwargs else tuple(per_input)
-    with tempfile.TemporaryDirectory(prefix="onnxstitch-torch-") as tmp, warnings.catch_warnings():
+    with (
+        tempfile.TemporaryDirectory(prefix="onnxstitch-torch-") as tmp,
+        warnings.catch_warnings(),
+        _quiet_logger(_REGISTRATION_LOGGER),
+    ):
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
         program = torch.onnx.export(
@@ -456,6 +461,22 @@ def _export_dynamo(
         path = Path(tmp) / "model.onnx"
         program.save(str(path), external_data=True)
         return onnx.load(str(path), load_external_data=True)
+
+
+# the exporter warns once per torchvision op when torchvision is absent (it is not needed here)
+_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Raise one logger's level to ERROR for the duration of the block, then restore it."""
+    target = logging.getLogger(name)
+    before = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(before)
 
 
 def _weight_bytes(source: _Source) -> int:
