@@ -154,11 +154,11 @@ def _example_tensors(items: list[str]) -> Any:
 
 # --------------------------------------------------------------------------------------- summary
 def _summary(model: Any, path: Path, *, validated: bool, rtol: float, atol: float) -> dict[str, Any]:
-    import numpy as np
     import onnx
 
     from onnxstitch import _meta
     from onnxstitch.converters._common import batch_sizes_for, value_dims
+    from onnxstitch.files.describe import describe
 
     def tensors(values: Any) -> list[dict[str, Any]]:
         return [
@@ -171,15 +171,7 @@ def _summary(model: Any, path: Path, *, validated: bool, rtol: float, atol: floa
         ]
 
     inits = {i.name for i in model.graph.initializer}
-    floats = {
-        onnx.TensorProto.FLOAT,
-        onnx.TensorProto.FLOAT16,
-        onnx.TensorProto.BFLOAT16,
-        onnx.TensorProto.DOUBLE,
-    }
-    params = sum(
-        int(np.prod(i.dims, dtype=np.int64)) for i in model.graph.initializer if i.data_type in floats
-    )
+    params = describe(model)["parameters"]  # the same count `onnxstitch inspect` shows
     return {
         "path": str(path),
         "source": _meta.get_source(model),

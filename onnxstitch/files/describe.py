@@ -19,7 +19,8 @@ next to ``inspect``, and pinned by ``tests/files``):
 ``nodes``, ``op_types``
     the node count of the main graph and ``{op_type: count}`` (sorted by count, then name).
 ``parameters``, ``parameter_bytes``
-    elements and bytes of all initializers (subgraphs included).
+    elements of the floating-point initializers (the weights; integer shape and index constants are
+    not parameters) and bytes of all initializers (subgraphs included).
 ``layouts``
     ``{tensor: layout}`` from ``onnxstitch.layout.<tensor>``.
 ``parts``
@@ -77,7 +78,14 @@ def _value_info(vi: onnx.ValueInfoProto, layouts: dict[str, str]) -> dict[str, A
     return {"name": vi.name, "dtype": dtype, "shape": shape, "layout": layouts.get(vi.name)}
 
 
+# what counts as a parameter: floating-point weights, not integer shape/index constants
+_WEIGHT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+)
+
+
 def _tensor_size(tensor: onnx.TensorProto) -> tuple[int, int]:
+    """(parameters, bytes) of an initializer: elements if it holds floating-point weights, else 0."""
     count = int(math.prod(tensor.dims))
     try:
         itemsize = int(helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize)
@@ -85,7 +93,7 @@ def _tensor_size(tensor: onnx.TensorProto) -> tuple[int, int]:
         itemsize = 0
     if tensor.data_type == onnx.TensorProto.STRING:
         itemsize = 0
-    return count, count * itemsize
+    return (count if tensor.data_type in _WEIGHT_TYPES else 0), count * itemsize
 
 
 def _node_inputs(node: onnx.NodeProto) -> Iterator[str]:
@@ -145,7 +153,9 @@ def describe(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None = No
         for tensor in graph.initializer:
             sizes[tensor.name] = _tensor_size(tensor)
         for sparse in graph.sparse_initializer:
-            sizes[sparse.values.name] = (int(math.prod(sparse.dims)), _tensor_size(sparse.values)[1])
+            weights = sparse.values.data_type in _WEIGHT_TYPES
+            count = int(math.prod(sparse.dims)) if weights else 0
+            sizes[sparse.values.name] = (count, _tensor_size(sparse.values)[1])
     initializer_names = set(sizes)
     props = _meta.get_props(model)
     return {

@@ -114,3 +114,18 @@ def test_unknown_dims_and_non_tensor_types() -> None:
     assert s["inputs"][0] == {"name": "x", "dtype": "int64", "shape": [None], "layout": None}
     assert s["outputs"][0]["dtype"] == "sequence" and s["outputs"][0]["shape"] is None
     assert s["outputs"][1]["shape"] is None
+
+
+def test_parameters_count_floating_point_weights_only() -> None:
+    """Integer shape/index constants are not parameters; their bytes still count."""
+    model = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 18]>
+        g (float[batch, 4] x) => (float[batch, 2] y)
+        <float[4, 2] w = {1, 2, 3, 4, 5, 6, 7, 8}, int64[2] shape = {-1, 2}> {
+            m = MatMul (x, w)
+            y = Reshape (m, shape)
+        }"""
+    )
+    info = describe(model)
+    assert info["parameters"] == 8
+    assert info["parameter_bytes"] == 8 * 4 + 2 * 8
