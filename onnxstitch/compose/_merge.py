@@ -245,6 +245,7 @@ def _merge_sources(
     if builder.weights.shared:
         log.info("%d identical initializer(s) stored once", builder.weights.shared)
     _check(merged, parts)
+    _fill_output_dims(merged)
     if optimize:
         merged = _optimized(merged)
     return merged
@@ -320,6 +321,38 @@ def _check(merged: onnx.ModelProto, parts: Mapping[str, Part]) -> None:
             problems=[str(exc)],
             hint="a seam whose shapes are not declared may disagree; check the parts' output shapes",
         ) from exc
+
+
+def _fill_output_dims(merged: onnx.ModelProto) -> None:
+    """Give the merged outputs' unknown dims what shape inference knows (e.g. after an adapter).
+
+    Only dims with neither a value nor a symbol are filled; declared dims are never changed. Runs on
+    a weight-less skeleton, so the weights are not copied.
+    """
+    from onnxstitch.compose._extract import _typed
+
+    unknown = [
+        out
+        for out in merged.graph.output
+        if any(not d.HasField("dim_value") and not d.dim_param for d in out.type.tensor_type.shape.dim)
+    ]
+    if not unknown:
+        return
+    inferred = _typed(merged)
+    for out in unknown:
+        known = inferred.get(out.name)
+        if known is None or known is out:
+            continue
+        dims = known.type.tensor_type.shape.dim
+        mine = out.type.tensor_type.shape.dim
+        if len(dims) != len(mine):
+            continue
+        for d, k in zip(mine, dims, strict=True):
+            if not d.HasField("dim_value") and not d.dim_param:
+                if k.HasField("dim_value"):
+                    d.dim_value = k.dim_value
+                elif k.dim_param:
+                    d.dim_param = k.dim_param
 
 
 def _optimized(merged: onnx.ModelProto) -> onnx.ModelProto:

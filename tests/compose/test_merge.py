@@ -300,3 +300,19 @@ def test_conversion_does_not_invent_dim_names():
     assert dims(next(vi for vi in merged.graph.value_info if vi.name == "a/y")) == ["batch", 4]  # seam-bound
     text = onnx.printer.to_text(merged)
     assert "unk__" not in text
+
+
+def test_unknown_output_dims_filled_by_inference_after_an_adapter():
+    """An adapter's output dims are unknown; the merged output gets what inference knows."""
+    head = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17]>
+        g (float[batch, 4] x) => (float[batch, 3] y) {
+            w = Constant <value = float[4, 3] {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}> ()
+            y = MatMul (x, w)
+        }"""
+    )
+    softmax = ox.adapters.softmax(axis=-1)
+    assert not softmax.graph.output[0].type.tensor_type.shape.dim[1].HasField("dim_value")
+    merged = ox.chain({"head": head, "probs": softmax})
+    dims = merged.graph.output[0].type.tensor_type.shape.dim
+    assert (dims[0].dim_param, dims[1].dim_value) == ("batch", 3)
