@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import click
 import typer
 from rich.markup import escape
 from typer.core import TyperGroup
@@ -31,15 +30,26 @@ _COMMAND_MODULES = (
 )
 
 
+def _os_message(exc: OSError) -> str:
+    """``[Errno 2] No such file or directory: 'x'`` → ``no such file or directory: x``."""
+    reason = (exc.strerror or str(exc)).rstrip(".")
+    reason = reason[:1].lower() + reason[1:]
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    return f"{reason}: {where}" if where else reason
+
+
 class _StitchGroup(TyperGroup):
-    """Turns a StitchError anywhere below into a one-line message and exit code 1."""
+    """Turns a StitchError (or an OS error on a user's path) below into one line and exit code 1."""
 
     def invoke(self, ctx: Any) -> Any:  # typer vendors click: its Context type is private
         try:
             return super().invoke(ctx)
         except StitchError as exc:
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
-            raise typer.Exit(code=1) from None
+            message = str(exc)
+        except OSError as exc:  # a path the user named: missing folder, no permission, a file not a dir
+            message = _os_message(exc) + "\n  fix: check the path and its permissions"
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+        raise typer.Exit(code=1) from None
 
 
 def _build_app() -> typer.Typer:
