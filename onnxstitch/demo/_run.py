@@ -196,6 +196,25 @@ def _check_options(flavour: str, epochs: int, repeats: int, threads: int | None)
         raise StitchError("invalid demo options: " + "; ".join(problems))
 
 
+def _prepare_out(out_dir: Path) -> None:
+    """Create the output folder now, so a bad ``out_dir`` fails before a minute of training."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise StitchError(
+            f"output folder {str(out_dir)!r} is an existing file", hint="name a folder (new or existing)"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".onnxstitch-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StitchError(
+            f"cannot write to output folder {str(out_dir)!r}: {reason}",
+            hint="name a folder you can create and write to",
+        ) from exc
+
+
 def _convert(parts: NativeParts) -> dict[str, Any]:
     """Convert both trained parts (validated against their framework by the converters)."""
     import torch
@@ -341,11 +360,12 @@ def run_demo(
         A :class:`DemoResult` with the numbers and the paths written.
 
     Raises:
-        StitchError: invalid options.
+        StitchError: invalid options, or ``out_dir`` cannot be created or written (checked first).
         MissingDependencyError: torch, tensorflow, scikit-learn or matplotlib is missing.
         ValidationError: the merged model disagrees with the native chain (never expected).
     """
     _check_options(flavour, epochs, repeats, threads)
+    _prepare_out(Path(out_dir))
     n_threads = threads or min(os.cpu_count() or 1, 4)
     seconds: dict[str, float] = {}
     st = _Stages(flavour, progress, seconds)

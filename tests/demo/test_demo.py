@@ -161,6 +161,33 @@ def test_bad_options_refused_before_work(tmp_path: Path, options: dict, message:
     assert not (tmp_path / "out").exists()
 
 
+def test_unwritable_out_refused_before_training(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x", encoding="utf-8")
+    events: list[ProgressEvent] = []
+    with pytest.raises(StitchError, match="is an existing file"):
+        run_demo(afile, progress=events.append)
+    with pytest.raises(StitchError, match="cannot write to output folder '/proc/nope'"):
+        run_demo("/proc/nope", progress=events.append)
+    assert events == []  # not even the data was loaded
+
+
+@pytest.mark.parametrize("out", ["/proc/nope", "afile"])
+def test_cli_bad_out_fails_at_once(tmp_path: Path, out: str) -> None:
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-m", "onnxstitch", "demo", "--out", out],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error:") and out in proc.stderr
+    assert "Traceback" not in proc.stderr and "Training" not in proc.stdout
+
+
 @pytest.fixture(scope="module")
 def cli_torch_keras(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     out = tmp_path_factory.mktemp("cli") / "demo out"
