@@ -115,9 +115,21 @@ def test_existing_version_never_overwritten_without_force(tmp_path: Path, batche
     assert (tmp_path / "m" / "1" / "model.onnx").read_bytes() == before
     ox.deploy_triton(unbatched, tmp_path, name="m", force=True)
     assert ox.load(tmp_path / "m" / "1" / "model.onnx").graph == unbatched.graph
-    # a new version sits beside the old one
-    ox.deploy_triton(batched, tmp_path, name="m", version=2)
+    # a new version with the same config sits beside the old one
+    ox.deploy_triton(unbatched, tmp_path, name="m", version=2)
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1", "2", "config.pbtxt"]
+
+
+def test_new_version_never_changes_the_shared_config_without_force(tmp_path: Path, batched):
+    ox.deploy_triton(batched, tmp_path, name="m")
+    config = (tmp_path / "m" / "config.pbtxt").read_text()
+    with pytest.raises(DeployError, match=r"already has a config.pbtxt that differs") as info:
+        ox.deploy_triton(batched, tmp_path, name="m", version=2, max_batch_size=128, instances=2)
+    assert "-max_batch_size: 64" in str(info.value) and "+max_batch_size: 128" in str(info.value)
+    assert (tmp_path / "m" / "config.pbtxt").read_text() == config
+    assert not (tmp_path / "m" / "2").exists()
+    ox.deploy_triton(batched, tmp_path, name="m", version=2, max_batch_size=128, force=True)
+    assert "max_batch_size: 128" in (tmp_path / "m" / "config.pbtxt").read_text()
 
 
 def test_dry_run_writes_nothing(tmp_path: Path, batched: onnx.ModelProto):

@@ -13,6 +13,7 @@ dynamic batching is on; other symbolic dims are ``-1``.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
@@ -260,6 +261,27 @@ def triton_config(
     return "\n".join(parts) + "\n", max_batch_size
 
 
+def _check_shared_config(result: TritonDeployment, *, force: bool) -> None:
+    """All versions of a Triton model share one config.pbtxt: never change it behind their back."""
+    if force or not result.config_path.exists():
+        return
+    current = result.config_path.read_text()
+    if current == result.config_text:
+        return
+    changed = [
+        line
+        for line in difflib.unified_diff(
+            current.splitlines(), result.config_text.splitlines(), "current", "new", lineterm="", n=0
+        )
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+    raise DeployError(
+        f"model {result.name!r} in {result.repository} already has a config.pbtxt that differs from this "
+        f"version's; every version of a Triton model shares it:\n  " + "\n  ".join(changed[:12]),
+        hint="deploy under another --name, or pass --force to replace the config for every version",
+    )
+
+
 def deploy_triton(
     model: ModelLike,
     repository: str | os.PathLike[str],
@@ -288,14 +310,15 @@ def deploy_triton(
         device: "cpu" or "gpu".
         accelerator: for GPU: "cuda" (default) or "tensorrt".
         dry_run: compute the config and the file list, write nothing.
-        force: replace an existing version folder.
+        force: replace an existing version folder, and a ``config.pbtxt`` that differs from the
+            one this model needs (it is shared by every version of the model).
 
     Returns:
         A :class:`TritonDeployment` naming the files and the config text.
 
     Raises:
-        DeployError: bad name/version/options, an existing version without ``force``, or a model
-            signature Triton cannot serve.
+        DeployError: bad name/version/options, an existing version or a different existing
+            config without ``force``, or a model signature Triton cannot serve.
     """
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise DeployError(f"version must be a positive integer, got {version!r}")
@@ -316,6 +339,7 @@ def deploy_triton(
             f"version {version} of model {name!r} already exists in {root}",
             hint="pass a new --version, or --force to replace it",
         )
+    _check_shared_config(result, force=force)
     result.files = [result.config_path, result.model_path]
     if dry_run:
         return result
