@@ -7,9 +7,12 @@ STAMP = .install.stamp
 
 .PHONY: install demo test lint bench deploy-env
 
-# torch==2.13.0 first: a bare "torch" requirement would resolve a multi-GB CUDA build.
+# torch==2.13.0 first, the CPU build: a bare "torch" requirement would resolve a multi-GB CUDA build.
+# Where pip's indexes only offer the CUDA build, name the CPU index:
+#   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 $(STAMP): setup.cfg pyproject.toml constraints-dev.txt
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PIP) install -q -e '.[dev]' -c constraints-dev.txt
 	touch $(STAMP)
 
