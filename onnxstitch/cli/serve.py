@@ -33,12 +33,17 @@ def serve_command(
         typer.Option(
             "--max-batch-size",
             help="Run up to this many concurrent requests as one batch (0: off). "
-            "Default: the repository's config, off for a file.",
+            "Default: the repository's config (its dynamic_batching), off for a file.",
         ),
     ] = None,
     max_batch_time: Annotated[
-        float, typer.Option("--max-batch-time", help="Seconds a request waits for others to batch with.")
-    ] = 0.002,
+        float | None,
+        typer.Option(
+            "--max-batch-time",
+            help="Seconds a request waits for others to batch with. "
+            "Default: the repository's max_queue_delay_microseconds, else 0.0001.",
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option(help="Inference worker processes (0: in the server process).")] = 1,
     timeout: Annotated[
         float, typer.Option(help="Seconds before a run is cancelled and answered 504 (0: no timeout).")

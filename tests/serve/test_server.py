@@ -8,11 +8,14 @@ request timeout, the model in the server process, bound to 127.0.0.2).
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import gzip
 import http.client
 import json
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,6 +175,27 @@ def test_ready_live_and_loopback_only(adder: Server) -> None:
     assert {a.port for a in listening} == {adder.port, adder.grpc_port}
     # gRPC listens on an IPv6 socket bound to the IPv4-mapped loopback address
     assert {a.ip.removeprefix("::ffff:") for a in listening} == {"127.0.0.1"}
+
+
+def test_grpc_port_is_not_shared(adder: Server) -> None:
+    # gRPC's default SO_REUSEPORT would let a second server bind the port and take half the calls
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        with pytest.raises(OSError) as info:
+            sock.bind(("127.0.0.1", adder.grpc_port))
+    assert info.value.errno == errno.EADDRINUSE
+
+
+def test_ready_line_comes_once_ready_and_routine_noise_is_quiet(adder: Server) -> None:
+    line = f"serving adder (version 1) on http://127.0.0.1:{adder.port}"
+    deadline = time.monotonic() + 10  # ready over HTTP may come a moment before the line
+    while line not in (log := " ".join(adder.log.read_text().split())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    announced = log.index(line)
+    for earlier in ("HTTP server running", "gRPC server running", "Loaded model 'adder'"):
+        assert log.index(earlier) < announced, earlier
+    assert log.count("Loaded model 'adder' successfully") == 1  # not again from the worker
+    assert "inference streaming" not in log  # batching is on: MLServer's notice about streaming
 
 
 def test_server_and_model_metadata(adder: Server) -> None:

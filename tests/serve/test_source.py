@@ -48,6 +48,13 @@ def test_repository_with_two_models_needs_a_name(tmp_path: Path, add_model: onnx
     assert resolve_target(repo, name="b").name == "b"
 
 
+def test_unknown_name_lists_the_repository_models(tmp_path: Path, add_model: onnx.ModelProto) -> None:
+    repo = tmp_path / "models"
+    deploy_triton(add_model, repo, name="hybrid")
+    with pytest.raises(ServeError, match=r"^no model 'nope' in repository 'models'; the models are: hybrid"):
+        resolve_target(repo, name="nope")
+
+
 def test_config_name_must_match_folder(tmp_path: Path, add_model: onnx.ModelProto) -> None:
     repo = tmp_path / "repo"
     deploy_triton(add_model, repo, name="adder")
@@ -106,8 +113,16 @@ dynamic_batching { max_queue_delay_microseconds: 100 }
 
 def test_config_parsers_agree() -> None:
     full = parse_model_config(CONFIG)
-    assert full == {"name": "adder", "max_batch_size": 16, "default_model_filename": ""}
+    assert full == {
+        "name": "adder",
+        "max_batch_size": 16,
+        "default_model_filename": "",
+        "max_queue_delay_microseconds": 100,
+    }
     assert _parse_minimal(CONFIG) == full
+    for text, delay in (("dynamic_batching {\n}\n", 0), ("# dynamic_batching { }\n", None)):
+        assert parse_model_config(text)["max_queue_delay_microseconds"] == delay
+        assert _parse_minimal(text)["max_queue_delay_microseconds"] == delay
 
 
 def test_invalid_config_is_refused() -> None:

@@ -3,8 +3,11 @@ the REST middleware, and the server's life cycle."""
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,11 +27,17 @@ from mlserver.settings import ModelParameters, ModelSettings, Settings
 from mlserver.types import InferenceRequest, InferenceResponse, MetadataTensor
 
 from onnxstitch import __version__
-from onnxstitch.errors import InputError
+from onnxstitch.errors import InputError, ServeError
 from onnxstitch.runtime._feeds import TensorInfo
 from onnxstitch.runtime.serve._middleware import ProtocolMiddleware
 from onnxstitch.runtime.serve._protocol import check_raw_sizes, decode_inputs
-from onnxstitch.runtime.serve._runtime import BadRequest, RunFailed, RunTimedOut, request_tensors
+from onnxstitch.runtime.serve._runtime import (
+    BadRequest,
+    RunFailed,
+    RunTimedOut,
+    quiet_mlserver,
+    request_tensors,
+)
 from onnxstitch.runtime.serve._source import ServedModel
 
 __all__ = ["run_server"]
@@ -142,6 +151,11 @@ class _CheckedGRPCServer(GRPCServer):  # type: ignore[misc]
         self._server.add_insecure_port(f"{self._settings.host}:{self._settings.grpc_port}")
         return self._server
 
+    def _get_options(self) -> list[tuple[str, Any]]:
+        # gRPC sets SO_REUSEPORT by default: a second server on the same port would bind too and
+        # take half the traffic; without it, binding a port in use fails
+        return [*super()._get_options(), ("grpc.so_reuseport", 0)]
+
 
 class _Server(MLServer):  # type: ignore[misc]
     def __init__(
@@ -202,14 +216,55 @@ def _settings(
     return settings, model
 
 
+async def _listening(host: str, port: int) -> bool:
+    """Something accepts connections on ``host:port`` (a wildcard host is reached on loopback)."""
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(target, port), timeout=2.0)
+    except (TimeoutError, OSError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+async def _ready(server: _Server, settings: Settings) -> bool:
+    return bool(
+        await server._data_plane.ready()
+        and await _listening(settings.host, settings.http_port)
+        and await _listening(settings.host, settings.grpc_port)
+    )
+
+
 async def run_server(
-    served: ServedModel, signature: list[TensorInfo], options: dict[str, Any], *, runtime: str, platform: str
+    served: ServedModel,
+    signature: list[TensorInfo],
+    options: dict[str, Any],
+    *,
+    runtime: str,
+    platform: str,
+    on_ready: Callable[[ServedModel], None] | None = None,
 ) -> None:
-    """Start MLServer with the one model and return when it has stopped (SIGTERM/SIGINT)."""
+    """Start MLServer with the one model, call ``on_ready`` once it serves, return when it stopped.
+
+    Raises:
+        ServeError: the server stopped (or failed) before it was ready.
+    """
     settings, model = _settings(served, options, runtime, platform)
     folders = {served.path.parent, served.path.parent.parent}
     hide = sorted((str(f) for f in folders if len(f.parts) > 2), key=len, reverse=True)  # never '/' or '/tmp'
+    quiet_mlserver()
     server = _Server(settings, model, signature, hide)
+    task = asyncio.create_task(_start(server, model))
+    while not task.done():
+        if await _ready(server, settings):
+            break
+        await asyncio.wait({task}, timeout=0.2)
+    if task.done():
+        failure = task.exception()
+        detail = f": {failure}" if failure is not None and str(failure) else " (see the log above)"
+        raise ServeError(f"the server for model {served.name!r} stopped before it was ready{detail}")
     logger.info(
         "serving model %r on http://%s:%s and grpc %s",
         served.name,
@@ -217,4 +272,14 @@ async def run_server(
         settings.http_port,
         settings.grpc_port,
     )
-    await server.start([model])
+    if on_ready is not None:
+        on_ready(served)
+    await task
+
+
+async def _start(server: _Server, model: ModelSettings) -> None:
+    try:
+        await server.start([model])
+    except SystemExit as exc:  # uvicorn exits when it cannot bind
+        await server.stop()
+        raise ServeError(f"the REST server could not start (exit status {exc.code})") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 from typing import Any
 
 from fastapi import status
@@ -18,7 +19,7 @@ from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 from onnxstitch.errors import InputError, RunTimeoutError, StitchError
 from onnxstitch.runtime.serve._protocol import RequestTensor, decode_inputs, numpy_to_v2
 
-__all__ = ["BadRequest", "OnnxModel", "RunFailed", "RunTimedOut", "request_tensors"]
+__all__ = ["BadRequest", "OnnxModel", "RunFailed", "RunTimedOut", "quiet_mlserver", "request_tensors"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,33 @@ class RunFailed(MLServerError):  # type: ignore[misc]
         super().__init__(msg, status.HTTP_500_INTERNAL_SERVER_ERROR)
 
 
+class _DropMessages(logging.Filter):
+    """Drops MLServer's log records that say nothing to users of this server."""
+
+    def __init__(self, noise: tuple[str, ...]) -> None:
+        super().__init__()
+        self.noise = noise
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in self.noise)
+
+
+def quiet_mlserver(*, worker: bool = False) -> None:
+    """MLServer's routine notices off in this process; its warnings about real problems stay.
+
+    Streaming is not served, so the notice that adaptive batching does not apply to it is noise;
+    a worker's "Loaded model" repeats the server process's own.
+    """
+    noise: tuple[str, ...] = ("not supported for inference streaming",)
+    if worker:
+        noise += ("Loaded model",)
+    mlserver_logger = logging.getLogger("mlserver")  # MLServer logs everything on this one logger
+    for old in [f for f in mlserver_logger.filters if isinstance(f, _DropMessages)]:
+        mlserver_logger.removeFilter(old)
+    mlserver_logger.addFilter(_DropMessages(noise))
+
+
 def request_tensors(payload: InferenceRequest) -> list[RequestTensor]:
     """The inputs of an MLServer request as protocol-neutral tensors."""
     return [
@@ -62,6 +90,7 @@ class OnnxModel(MLModel):  # type: ignore[misc]
     async def load(self) -> bool:
         from onnxstitch.runtime.session import Session
 
+        quiet_mlserver(worker=multiprocessing.parent_process() is not None)
         extra = dict(self.settings.parameters.extra or {})
         self._timeout: float | None = extra.get("timeout")
         self._session = Session(

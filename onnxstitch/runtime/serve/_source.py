@@ -38,12 +38,16 @@ class ServedModel:
         version: the version string reported in metadata (the repository's version folder, or "1").
         max_batch_size: the repository config's ``max_batch_size`` (0: no batching), or ``None``
             for a bare model file.
+        max_batch_time: seconds the repository's dynamic batcher lets a request wait for others
+            (``max_queue_delay_microseconds``), or ``None`` for a bare file or a config with no
+            ``dynamic_batching`` block.
     """
 
     name: str
     path: Path
     version: str
     max_batch_size: int | None
+    max_batch_time: float | None = None
 
 
 def check_model_name(name: str) -> str:
@@ -62,7 +66,9 @@ def check_model_name(name: str) -> str:
 
 
 def parse_model_config(text: str) -> dict[str, object]:
-    """Read ``name``, ``max_batch_size`` and ``default_model_filename`` from a ``config.pbtxt``.
+    """Read ``name``, ``max_batch_size``, ``default_model_filename`` and the dynamic batcher's
+    ``max_queue_delay_microseconds`` (``None`` without a ``dynamic_batching`` block) from a
+    ``config.pbtxt``.
 
     Uses Triton's own ``ModelConfig`` schema (shipped with ``tritonclient``) when it is installed;
     otherwise a minimal reader of those three top-level fields.
@@ -87,6 +93,11 @@ def parse_model_config(text: str) -> dict[str, object]:
         "name": config.name,
         "max_batch_size": int(config.max_batch_size),
         "default_model_filename": config.default_model_filename,
+        "max_queue_delay_microseconds": (
+            int(config.dynamic_batching.max_queue_delay_microseconds)
+            if config.HasField("dynamic_batching")
+            else None
+        ),
     }
 
 
@@ -127,6 +138,7 @@ _FIELD = re.compile(r'^\s*(name|max_batch_size|default_model_filename)\s*:\s*("(
 def _parse_minimal(text: str) -> dict[str, object]:
     """The three top-level fields we need, read line by line (nested blocks are skipped)."""
     found: dict[str, object] = {"name": "", "max_batch_size": 0, "default_model_filename": ""}
+    found["max_queue_delay_microseconds"] = _queue_delay(text)
     depth = 0
     for line in text.splitlines():
         code = line.split("#", 1)[0]
@@ -145,6 +157,20 @@ def _parse_minimal(text: str) -> dict[str, object]:
     return found
 
 
+_BATCHER = re.compile(r"^\s*dynamic_batching\s*\{([^{}]*)", re.MULTILINE)
+_DELAY = re.compile(r"\bmax_queue_delay_microseconds\s*:\s*(\d+)")
+
+
+def _queue_delay(text: str) -> int | None:
+    """The top-level ``dynamic_batching`` block's queue delay (0 when unset), ``None`` without one."""
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    match = _BATCHER.search(code)
+    if match is None:
+        return None
+    delay = _DELAY.search(match.group(1))
+    return int(delay.group(1)) if delay else 0
+
+
 def _contained(path: Path, root: Path, *, what: str) -> Path:
     """``path`` resolved, refusing a file whose real location is outside ``root``."""
     real = path.resolve()
@@ -161,7 +187,14 @@ def _pick_model_dir(repository: Path, name: str | None) -> Path:
         return repository
     candidates = sorted(p for p in repository.iterdir() if p.is_dir() and (p / _CONFIG).is_file())
     if name is not None:
-        candidates = [p for p in candidates if p.name == name]
+        chosen = [p for p in candidates if p.name == name]
+        if not chosen:
+            names = ", ".join(p.name for p in candidates) or "none"
+            raise ServeError(
+                f"no model {name!r} in repository {repository.name!r}; the models are: {names}",
+                hint="pass one of those names with --name",
+            )
+        candidates = chosen
     if len(candidates) != 1:
         names = ", ".join(p.name for p in candidates) or "none"
         raise ServeError(
@@ -196,11 +229,13 @@ def _resolve_repository(repository: Path, name: str | None) -> ServedModel:
             hint=f"expected {model_dir.name}/1/{filename}",
         )
     path = _contained(model_dir / str(versions[0]) / filename, model_dir, what="model file")
+    delay = config["max_queue_delay_microseconds"]
     return ServedModel(
         name=check_model_name(name or config_name),
         path=path,
         version=str(versions[0]),
         max_batch_size=int(str(config["max_batch_size"])),
+        max_batch_time=None if delay is None else int(str(delay)) / 1e6,
     )
 
 
