@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from onnxstitch.cli._common import console, err_console, import_object, print_json
-from onnxstitch.errors import StitchError
+from onnxstitch.errors import ConversionError, StitchError
 
 __all__ = ["parse_dynamic", "parse_layouts", "parse_tensor_spec", "register"]
 
@@ -80,8 +80,9 @@ def parse_tensor_spec(text: str, *, option: str) -> tuple[str | None, list[int |
                 ok = False
     if not ok or match is None:
         raise StitchError(
-            f"{option} {text!r} is not of the form name=DIMxDIM...:dtype",
-            hint=f"e.g. {option} image=1x3x224x224:float32 (N or ? for a dynamic dim where allowed)",
+            f"{option} {text!r} is not of the form [name=]DIMxDIM...[:dtype]",
+            hint=f"e.g. {option} 1x3x224x224 or {option} image=1x3x224x224:float32 "
+            "(N or ? for a dynamic dim where allowed)",
         )
     return match.group("name"), dims, match.group("dtype") or "float32"
 
@@ -269,7 +270,12 @@ def torch_command(
     else:
         module = _module_from_factory(source)
     examples = _example_tensors(example_input) if example_input else None
-    with _working(json_out):
+    if examples is None and not isinstance(module, Path):
+        raise StitchError(
+            f"torch model {source!r}: --example-input (-e) is needed to export a module",
+            hint="give the shape of one real input per forward argument, e.g. -e 1x3x224x224",
+        )
+    with _working(json_out), _examples_hint_names_option():
         model = from_torch(
             module,
             examples,
@@ -285,6 +291,21 @@ def torch_command(
         )
         path = _save(model, output)
     _report(model, path, validated=validate, rtol=rtol, atol=atol, json_out=json_out)
+
+
+@contextmanager
+def _examples_hint_names_option() -> Iterator[None]:
+    """Name ``-e`` in from_torch's hint for examples the module fails on."""
+    from onnxstitch.converters._torch import EXAMPLES_HINT
+
+    try:
+        yield
+    except ConversionError as exc:
+        if not (exc.hint or "").startswith(EXAMPLES_HINT):
+            raise
+        message = str(exc).split("\n  fix: ", 1)[0]
+        hint = (exc.hint or "").replace(EXAMPLES_HINT, f"{EXAMPLES_HINT} (-e)", 1)
+        raise ConversionError(message, hint=hint) from exc
 
 
 def _module_from_factory(spec: str) -> Any:

@@ -149,7 +149,8 @@ def from_torch(
         MissingDependencyError: torch (or onnxscript, needed by the exporter) is not installed.
         UnsafeModelError: a ``.pt2`` path without ``trusted=True``.
         ModelFileError: the path does not exist or is not a ``.pt2`` file.
-        ConversionError: bad example inputs, names or dynamic dims, or both exporters failed
+        ConversionError: bad example inputs (including ones the module fails to run on), names or
+            dynamic dims, or both exporters failed
             (the message names the module class and the reason).
         VersionError: ``opset`` is beyond what the installed onnxruntime runs.
         ValidationError: the ONNX model's outputs differ from torch's beyond the tolerances.
@@ -163,6 +164,7 @@ def from_torch(
     if input_names is not None:
         names = _check_names(list(input_names), len(names), what="input_names", label=source.label)
     dims = _dynamic_spec(source, args, kwargs, names, dynamic_dims)
+    _check_runs(torch, source, args, kwargs)
     model, traced = _export(torch, source, args, kwargs, names, dims, opset)
     model = _clean_up(model, source, names, output_names, dims)
     if traced:
@@ -355,6 +357,26 @@ def _dynamic_spec(
     return {n: a for n, a in spec.items() if a}
 
 
+def _check_runs(torch: Any, source: _Source, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Run the module once on the examples, so that bad examples are reported as such, not as an
+    exporter failure (the exporters' messages blame export-ability and dynamic dims).
+    """
+    try:
+        with torch.no_grad():
+            source.run(*args, **kwargs)
+    except Exception as exc:
+        params = source.param_names
+        takes = f"{len(params)}: {', '.join(params)}" if params else "see its signature"
+        raise ConversionError(
+            f"{source.label}: the module fails on the example inputs: {_reason(exc)}",
+            hint=f"{EXAMPLES_HINT} and the number of inputs forward takes ({takes})",
+        ) from exc
+
+
+# the start of _check_runs' hint (the CLI names its option in it)
+EXAMPLES_HINT = "check the example input shapes/dtypes"
+
+
 # --------------------------------------------------------------------------------------- export
 def _export(
     torch: Any,
@@ -437,7 +459,8 @@ def _export_dynamo(
     with (
         tempfile.TemporaryDirectory(prefix="onnxstitch-torch-") as tmp,
         warnings.catch_warnings(),
-        _quiet_logger(_REGISTRATION_LOGGER),
+        _quiet_logger(*_TORCH_LOGGERS),
+        _stderr_to_debug_log(),
     ):
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
@@ -463,20 +486,41 @@ def _export_dynamo(
         return onnx.load(str(path), load_external_data=True)
 
 
-# the exporter warns once per torchvision op when torchvision is absent (it is not needed here)
-_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+# Loggers silenced during an export: "torch" is the parent of every torch logger left at NOTSET,
+# i.e. all of them unless the user asked for some with TORCH_LOGS (those keep their levels). Under it
+# torch.export._trace logs "always_classified is unsupported" at ERROR and
+# torch._subclasses.fake_tensor a whole traceback for a shape error that ConversionError reports in
+# one line; the exporter's _registration warns once per torchvision op when torchvision is absent.
+_TORCH_LOGGERS = ("torch", "torch.onnx._internal.exporter._registration")
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    """Raise one logger's level to ERROR for the duration of the block, then restore it."""
-    target = logging.getLogger(name)
-    before = target.level
-    target.setLevel(logging.ERROR)
+def _stderr_to_debug_log() -> Iterator[None]:
+    """Divert ``sys.stderr`` to our debug log for the block: on failure torch.export prints the
+    partial FX graph and the TorchScript exporter its IR graph (dozens of lines) to stderr itself,
+    while ConversionError reports the reason.
+    """
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        if buffer.getvalue().strip():
+            logger.debug("torch.onnx.export wrote to stderr:\n%s", buffer.getvalue())
+
+
+@contextlib.contextmanager
+def _quiet_logger(*names: str) -> Iterator[None]:
+    """Raise the loggers' levels above CRITICAL for the duration of the block, then restore them."""
+    targets = [logging.getLogger(name) for name in names]
+    before = [target.level for target in targets]
+    for target in targets:
+        target.setLevel(logging.CRITICAL + 1)
     try:
         yield
     finally:
-        target.setLevel(before)
+        for target, level in zip(targets, before, strict=True):
+            target.setLevel(level)
 
 
 def _weight_bytes(source: _Source) -> int:
@@ -495,7 +539,7 @@ def _export_torchscript(
     opset: int | None,
 ) -> onnx.ModelProto:
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _quiet_logger(*_TORCH_LOGGERS), _stderr_to_debug_log():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         torch.onnx.export(

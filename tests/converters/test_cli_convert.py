@@ -167,7 +167,7 @@ def test_convert_torch_static_opset_input_names(workdir: Path) -> None:
     ("args", "message"),
     [
         (["-e", "image=1x3x8x8:nope", "-e", "extra=1x4"], "needs static dims and a torch dtype"),
-        (["-e", "image=1xAx8", "-e", "extra=1x4"], "is not of the form name=DIMxDIM"),
+        (["-e", "image=1xAx8", "-e", "extra=1x4"], "is not of the form [name=]DIMxDIM...[:dtype]"),
         (["-e", "image=1x3x8x8", "-e", "1x4"], "name every input or none"),
         (["-e", "1x3x8x8", "-e", "1x4", "--static", "--dynamic", "image:0=n"], "exclude each other"),
         (["-e", "1x3x8x8", "-e", "1x4", "--dynamic", "image0=n"], "input:axis=symbol"),
@@ -181,6 +181,34 @@ def test_convert_torch_bad_options_exit_1(workdir: Path, args: list[str], messag
     assert "error:" in result.stderr and message in _err(result)
     assert "Traceback" not in result.output
     assert not (workdir.parent / "x.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-e", "1x4x8x8", "-e", "1x4"],  # wrong channels
+        ["-e", "1x3x8x8:float16", "-e", "1x4"],  # wrong dtype
+        ["-e", "1x3x8x8"],  # forward's second argument missing
+    ],
+)
+def test_convert_torch_examples_the_module_fails_on(workdir: Path, args: list[str]) -> None:
+    result = _invoke("convert", "torch", f"{workdir.name}:build", *args, "-o", "x.onnx")
+    assert result.exit_code == 1, result.output
+    err = _err(result)
+    assert "torch module Net: the module fails on the example inputs: " in err
+    assert (
+        "fix: check the example input shapes/dtypes (-e) and the number of inputs forward takes "
+        "(2: image, extra)" in err
+    )
+    assert "dynamic_dims" not in err and "Traceback" not in result.output
+
+
+def test_convert_torch_without_examples_names_the_option(workdir: Path) -> None:
+    result = _invoke("convert", "torch", f"{workdir.name}:build", "-o", "x.onnx")
+    assert result.exit_code == 1, result.output
+    err = _err(result)
+    assert "--example-input (-e) is needed" in err and "e.g. -e 1x3x224x224" in err
+    assert "from_torch(" not in err
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch_models import CNN, MLP, Broken, Noisy, Pair, Tokens, TracedOutputs, TwoTower, seeded  # noqa: E402
+from torch_models import (  # noqa: E402
+    CNN,
+    MLP,
+    Broken,
+    DataDependent,
+    Noisy,
+    Pair,
+    Tokens,
+    TracedOutputs,
+    TwoTower,
+    Unexportable,
+    seeded,
+)
 
 import onnxstitch as ox  # noqa: E402
 from onnxstitch import _meta  # noqa: E402
@@ -217,12 +229,53 @@ def test_input_left_out_of_dynamic_dims_is_static() -> None:
     assert _dims(model) == {"a": ["batch", 3], "b": [4, 5], "output_0": ["batch", 3], "output_1": [4, 5]}
 
 
-def test_both_exporters_failing_names_module_and_reasons() -> None:
+def test_both_exporters_failing_names_module_and_reasons(capfd: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ConversionError) as info:
-        ox.from_torch(Broken(), torch.randn(2, 3), validate=False)
+        ox.from_torch(Unexportable(), torch.rand(2, 3) + 1, validate=False)
     text = str(info.value)
-    assert text.startswith("torch module Broken could not be exported to ONNX")
-    assert "dynamo exporter: RuntimeError" in text and "TorchScript exporter: RuntimeError" in text
+    assert text.startswith("torch module Unexportable could not be exported to ONNX")
+    assert (
+        "dynamo exporter: DispatchError" in text and "TorchScript exporter: UnsupportedOperatorError" in text
+    )
+    assert "zeta" in text
+    # torch's own loggers and its printed IR graphs stay off stderr: the error says it all
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    ("module", "example", "takes"),
+    [
+        (Broken(), torch.randn(2, 3), "(1: x)"),  # wrong inner size
+        (seeded(CNN), torch.randn(2, 4, 16, 16), "(1: image)"),  # wrong channels
+        (seeded(CNN), torch.randn(2, 3, 16, 16).half(), "(1: image)"),  # wrong dtype
+        (Pair(), (torch.randn(2, 3),), "(2: a, b)"),  # forward's second argument missing
+    ],
+)
+def test_module_failing_on_its_examples_says_so(module: Any, example: Any, takes: str) -> None:
+    with pytest.raises(ConversionError) as info:
+        ox.from_torch(module, example, validate=False)
+    text = str(info.value)
+    assert f"torch module {type(module).__name__}: the module fails on the example inputs: " in text
+    assert info.value.hint == (
+        f"check the example input shapes/dtypes and the number of inputs forward takes {takes}"
+    )
+    assert "dynamo" not in text and "dynamic_dims" not in text
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_dynamo_failure_output_stays_off_stderr(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """torch.export prints the partial graph and logs errors itself; we keep one warning of ours."""
+    before = logging.getLogger("torch").level
+    with caplog.at_level(logging.WARNING, logger="onnxstitch.converters._torch"):
+        model = ox.from_torch(DataDependent(), torch.ones(2, 3), dynamic_dims={}, validate=False)
+    assert model.graph.output[0].name == "output"
+    err = capfd.readouterr().err
+    assert "def forward" not in err and "always_classified" not in err and "Traceback" not in err
+    fallbacks = [r for r in caplog.records if "falling back to the TorchScript" in r.getMessage()]
+    assert len(fallbacks) == 1
+    assert logging.getLogger("torch").level == before  # the quieting is scoped
 
 
 def test_layout_override_wins() -> None:

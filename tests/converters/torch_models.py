@@ -94,6 +94,22 @@ class Broken(nn.Module):
         return x @ torch.ones(5, 2)
 
 
+class Unexportable(nn.Module):
+    """Runs in torch, but neither exporter has an ONNX counterpart for its op."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.special.zeta(x, x + 2.0)
+
+
+class DataDependent(nn.Module):
+    """Runs in torch; torch.export fails on the data-dependent branch (TorchScript traces one)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x * 2
+        return x - 1
+
+
 class TracedOutputs(nn.Module):
     """Forces the TorchScript fallback; one output follows the batch, one is data-dependent."""
 
