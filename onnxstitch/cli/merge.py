@@ -105,9 +105,49 @@ def _torch_model(part: PartSpec) -> onnx.ModelProto:
     )
 
 
+def _check_torch_import(part: PartSpec) -> str | None:
+    """A spec problem when a torch part's factory cannot be imported (before any conversion)."""
+    from onnxstitch.errors import StitchError
+
+    if part.kind != "torch" or isinstance(part.source, Path):
+        return None
+    try:
+        import_object(str(part.source), what=f"parts.{part.key}.torch")
+    except StitchError as exc:
+        return str(exc).replace("\n  fix: ", "; ")
+    return None
+
+
+def _sniffed(key: str, path: str | Path) -> Path:
+    """``path``, after its first bytes showed it may be an ONNX model (text, zip, pickle... are named).
+
+    The merge itself loads the part with its external data left on disk; this only catches a file
+    that is plainly something else, with the same words ``inspect`` uses.
+    """
+    import onnx
+
+    from onnxstitch.errors import ModelFileError
+    from onnxstitch.files.sniff import HEAD_BYTES, describe_bytes, describe_text, looks_like_text
+
+    p = Path(path)
+    if not p.is_file():
+        return p  # the merge says that it is missing
+    with open(p, "rb") as fh:
+        head = fh.read(HEAD_BYTES)
+    what = describe_bytes(head)
+    if what is None and looks_like_text(head):
+        try:  # a protobuf's head can look like text: only a file that does not parse is text
+            onnx.load(str(p), load_external_data=False)
+        except Exception:
+            what = describe_text(head)
+    if what is not None:
+        raise ModelFileError(f"part {key!r}: {p.name} is {what}")
+    return p
+
+
 def _build_part(part: PartSpec) -> onnx.ModelProto | Path:
     if part.kind == "onnx":
-        return Path(part.source)
+        return _sniffed(part.key, part.source)
     if part.kind == "adapter":
         return part.adapter_model()
     if part.kind == "torch":
@@ -215,6 +255,12 @@ def merge_command(
     from onnxstitch.files import save
 
     job = _job(sources, link or [], input_ or [], output or [], chain=chain)
+    if not job.chain and not job.links and len(job.models) > 1:  # legal, but rarely meant
+        meant = "chain: true (or links:)" if _is_spec(sources) else "--chain (or --link)"
+        err_console.print(
+            f"[yellow]warning:[/] no links: the parts are not connected; did you mean {meant}?",
+            highlight=False,
+        )
     opset = job.opset if opset is None else opset
     optimize = job.optimize if optimize is None else optimize
     with err_console.status("merging", spinner="dots") if not json_out else nullcontext():
@@ -249,16 +295,20 @@ class _Job:
     chain: bool = False
 
 
+def _is_spec(sources: list[str]) -> bool:
+    return len(sources) == 1 and sources[0].lower().endswith(_SPEC_SUFFIXES)
+
+
 def _job(sources: list[str], links: list[str], inputs: list[str], outputs: list[str], *, chain: bool) -> _Job:
     from onnxstitch.compose._specfile import load_spec
 
-    if len(sources) == 1 and sources[0].lower().endswith(_SPEC_SUFFIXES):
+    if _is_spec(sources):
         if links or inputs or outputs or chain:
             raise typer.BadParameter(
                 "--link/--input/--output/--chain go into the spec file when merging a spec",
                 param_hint="SOURCES",
             )
-        spec = load_spec(sources[0])
+        spec = load_spec(sources[0], check_part=_check_torch_import)
         return _Job(
             dict(_spec_models(spec)),
             spec.links,
@@ -273,7 +323,7 @@ def _job(sources: list[str], links: list[str], inputs: list[str], outputs: list[
     if chain and (links or inputs or outputs):
         raise typer.BadParameter("--chain wires the parts itself: drop --link/--input/--output")
     return _Job(
-        dict(_parse_sources(sources)),
+        {key: _sniffed(key, path) for key, path in _parse_sources(sources).items()},
         list(links),
         _parse_named(inputs, option="--input", many=True),
         _parse_named(outputs, option="--output", many=False),

@@ -29,7 +29,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,8 +124,17 @@ def parse_shape(text: Any, *, where: str) -> tuple[tuple[int, ...], str]:
     return tuple(int(d) for d in re.split(r"\s*x\s*", match.group(1))), dtype
 
 
-def load_spec(path: str | os.PathLike[str]) -> MergeSpec:
+# checks a parsed part beyond the spec's syntax (the CLI imports torch factories): a problem or None
+PartCheck = Callable[[PartSpec], str | None]
+
+
+def load_spec(path: str | os.PathLike[str], *, check_part: PartCheck | None = None) -> MergeSpec:
     """Read and check a YAML merge spec; file paths in it are relative to the spec's folder.
+
+    Args:
+        path: the ``.yaml`` file.
+        check_part: called with each part that parsed; a string it returns is one more problem,
+            listed with the others (compose never imports a framework: the caller may).
 
     Raises:
         SpecError: the file is missing or not YAML, or the spec has problems (all listed at once).
@@ -140,12 +149,23 @@ def load_spec(path: str | os.PathLike[str]) -> MergeSpec:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        for mark in (getattr(exc, "context_mark", None), getattr(exc, "problem_mark", None)):
+            if mark is not None:  # PyYAML names a string stream "<unicode string>"
+                mark.name = str(p)
         raise SpecError(f"spec file {str(p)!r} is not valid YAML: {exc}") from exc
-    return parse_spec(data, base_dir=p.resolve().parent, origin=str(p))
+    return parse_spec(data, base_dir=p.resolve().parent, origin=str(p), check_part=check_part)
 
 
-def parse_spec(data: Any, *, base_dir: str | os.PathLike[str], origin: str = "<spec>") -> MergeSpec:
+def parse_spec(
+    data: Any,
+    *,
+    base_dir: str | os.PathLike[str],
+    origin: str = "<spec>",
+    check_part: PartCheck | None = None,
+) -> MergeSpec:
     """Check an already-parsed spec (a mapping); paths are resolved against ``base_dir``.
+
+    ``check_part`` as in :func:`load_spec`.
 
     Raises:
         SpecError: every problem of the spec, one per line, with the valid choices.
@@ -161,6 +181,10 @@ def parse_spec(data: Any, *, base_dir: str | os.PathLike[str], origin: str = "<s
         if key not in TOP_LEVEL:
             problems.append(f"unknown top-level key {key!r}; valid keys: {', '.join(TOP_LEVEL)}")
     parts = _parts(data.get("parts"), Path(base_dir), problems)
+    for part in parts.values() if check_part is not None else ():
+        problem = check_part(part)
+        if problem:
+            problems.append(problem)
     raw_parts = data.get("parts")
     declared = [str(k) for k in raw_parts] if isinstance(raw_parts, Mapping) else []
     links = _str_list(data.get("links", []), "links", problems)

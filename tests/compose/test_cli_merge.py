@@ -225,6 +225,50 @@ def test_merge_missing_part_file_exits_1(parts: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "what"),
+    [
+        (b"hello world, this is text\n", "garbage.onnx is a text file, not an ONNX model"),
+        (b"PK\x03\x04" + bytes(40), "garbage.onnx is a zip archive"),
+    ],
+)
+def test_merge_part_that_is_not_onnx_is_named(parts: Path, content: bytes, what: str) -> None:
+    (parts / "garbage.onnx").write_bytes(content)
+    out = parts / "m.onnx"
+    result = _invoke("merge", f"a={parts / 'a.onnx'}", f"b={parts / 'garbage.onnx'}", "--chain", "-o", out)
+    assert result.exit_code == 1
+    assert f"error: part 'b': {what}" in _out(result)
+    assert "protobuf" not in result.output and "parsing message" not in result.output
+    assert not out.exists()
+
+
+def test_merge_spec_onnx_part_that_is_text(parts: Path) -> None:
+    (parts / "notes.onnx").write_text("parts: not a model\n")
+    spec = _write_spec(parts, "parts: {a: a.onnx, b: notes.onnx}\nchain: true\n")
+    result = _invoke("merge", spec, "-o", parts / "m.onnx")
+    assert result.exit_code == 1
+    assert "part 'b': notes.onnx is a YAML text file, not an ONNX model" in _out(result)
+
+
+def test_merge_without_links_warns_but_succeeds(parts: Path) -> None:
+    out = parts / "m.onnx"
+    result = _invoke("merge", f"a={parts / 'a.onnx'}", f"b={parts / 'b.onnx'}", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "warning: no links: the parts are not connected; did you mean --chain (or --link)?" in " ".join(
+        result.stderr.split()
+    )
+    assert "seams: 0" in _out(result) and out.exists()
+    linked = _invoke("merge", f"a={parts / 'a.onnx'}", f"b={parts / 'b.onnx'}", "--chain", "-o", out)
+    assert linked.exit_code == 0 and "warning" not in linked.output
+    spec = _write_spec(parts, "parts: {a: a.onnx, b: b.onnx}\n")
+    from_spec = _invoke("merge", spec, "-o", out)
+    assert from_spec.exit_code == 0 and "did you mean chain: true (or links:)?" in " ".join(
+        from_spec.stderr.split()
+    )
+    single = _invoke("merge", f"a={parts / 'a.onnx'}", "-o", out)
+    assert single.exit_code == 0 and "warning" not in single.output
+
+
 # ----------------------------------------------------------------------------- spec files
 def _write_spec(folder: Path, text: str) -> Path:
     path = folder / "spec.yaml"
@@ -347,6 +391,8 @@ def test_merge_malformed_yaml_exits_1(parts: Path) -> None:
     result = _invoke("merge", spec, "-o", parts / "m.onnx")
     assert result.exit_code == 1
     assert "not valid YAML" in _out(result)
+    assert f'in "{spec}", line 1, column 8' in _out(result)
+    assert "<unicode string>" not in result.output
     assert not (parts / "m.onnx").exists()
 
 
@@ -367,6 +413,34 @@ def test_merge_spec_errors_all_listed_exit_1(parts: Path) -> None:
     for piece in ("5 problem(s)", "missing.onnx", "tensorflow", "unknown part 'c'", "opset", "'extra'"):
         assert piece in _out(result), piece
     assert not (parts / "m.onnx").exists()
+
+
+def test_merge_spec_lists_bad_torch_factories_with_other_problems(
+    parts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (parts / "myheads3.py").write_text(TORCH_MODULE)
+    monkeypatch.chdir(parts)
+    monkeypatch.syspath_prepend(str(parts))
+    spec = _write_spec(
+        parts,
+        """
+        parts:
+          a: a.onnx
+          s: {adapter: sofmax}
+          h: {torch: "myheads3:make_hed", example_inputs: {x: "1x4"}}
+          g: {torch: "no_such_module_xyz:make", example_inputs: {x: "1x4"}}
+          ok: {torch: "myheads3:make_head", example_inputs: {x: "1x4"}}
+        chain: true
+        """,
+    )
+    result = _invoke("merge", spec, "-o", parts / "m.onnx")
+    assert result.exit_code == 1
+    text = _out(result)
+    assert "3 problem(s)" in text and "unknown adapter 'sofmax'" in text
+    assert "parts.h.torch 'myheads3:make_hed': module 'myheads3' has no attribute 'make_hed'" in text
+    assert "available names: Head, make_head" in text
+    assert "parts.g.torch 'no_such_module_xyz:make': cannot import module" in text
+    assert "converting part" not in result.output  # found before any conversion
 
 
 def test_yaml_tags_are_refused(parts: Path) -> None:
