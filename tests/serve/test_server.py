@@ -230,6 +230,22 @@ def test_repository_index_load_and_refused_unload(adder: Server) -> None:
     assert client.is_model_ready("adder")
 
 
+def test_grpc_statuses_and_messages_are_clean(adder: Server) -> None:
+    client = tgrpc.InferenceServerClient(adder.grpc_url)
+    calls = {
+        "ready": (lambda: client.is_model_ready("nope"), "NOT_FOUND", "Model nope not found"),
+        "metadata": (lambda: client.get_model_metadata("nope"), "NOT_FOUND", "Model nope not found"),
+        "unload": (lambda: client.unload_model("adder"), "PERMISSION_DENIED", "cannot be unloaded"),
+    }
+    for label, (call, code, needle) in calls.items():
+        with pytest.raises(InferenceServerException) as info:
+            call()
+        assert info.value.status() == f"StatusCode.{code}", label
+        message = str(info.value.message())
+        assert needle in message and "  " not in message and "class" not in message, label
+    assert client.is_model_ready("adder")
+
+
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_http_inference_equals_session(adder: Server, local: ox.Session, binary: bool) -> None:
     client = thttp.InferenceServerClient(adder.url)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
+import inspect
 import logging
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -16,6 +19,7 @@ from fastapi import status
 from mlserver import MLServer
 from mlserver.errors import MLServerError, ModelNotFound
 from mlserver.grpc import GRPCServer
+from mlserver.grpc import utils as grpc_utils
 from mlserver.grpc.dataplane_pb2_grpc import add_GRPCInferenceServiceServicer_to_server
 from mlserver.grpc.model_repository import ModelRepositoryServicer
 from mlserver.grpc.model_repository_pb2_grpc import add_ModelRepositoryServiceServicer_to_server
@@ -56,7 +60,18 @@ class _ValidatingDataPlane:
         self._signature = signature
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
+        attribute = getattr(self._inner, name)
+        if not inspect.iscoroutinefunction(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await attribute(*args, **kwargs)
+            except ModelNotFound as exc:
+                raise _NotFound(str(exc)) from None
+
+        return call
 
     async def ready(self) -> bool:
         """Ready once the served model is loaded (MLServer says ready with no model loaded yet)."""
@@ -77,9 +92,33 @@ class _ValidatingDataPlane:
             return await self._inner.infer(payload, name, version)
         except WorkerError as exc:
             raise _unwrap(exc, name) from None
+        except ModelNotFound as exc:
+            raise _NotFound(str(exc)) from None
 
     async def infer_stream(self, *args: Any, **kwargs: Any) -> Any:
         raise MLServerError("streaming inference is not served; use /infer", status.HTTP_404_NOT_FOUND)
+
+
+class _NotFound(ModelNotFound):  # type: ignore[misc]
+    """MLServer's ``ModelNotFound`` without the gap an empty version leaves ("with version  not")."""
+
+    def __init__(self, msg: str) -> None:
+        MLServerError.__init__(self, re.sub(r" with version +not found", " not found", msg), 404)
+
+
+#: what MLServer's gRPC error handler lacks: its other statuses fall back to UNKNOWN
+_GRPC_CODES = {
+    status.HTTP_403_FORBIDDEN: grpc.StatusCode.PERMISSION_DENIED,
+    status.HTTP_413_REQUEST_ENTITY_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    status.HTTP_501_NOT_IMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
+    status.HTTP_504_GATEWAY_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def _grpc_code(exc: MLServerError) -> grpc.StatusCode:
+    return _GRPC_CODES.get(exc.status_code) or grpc_utils.STATUS_CODE_MAPPING.get(
+        exc.status_code, grpc.StatusCode.UNKNOWN
+    )
 
 
 def _unwrap(exc: WorkerError, name: str) -> MLServerError:
@@ -126,6 +165,12 @@ class _CheckedInferenceServicer(InferenceServicer):  # type: ignore[misc]
     """MLServer's gRPC servicer; raw tensor contents whose size disagrees with their shape get
     ``INVALID_ARGUMENT`` naming the input (MLServer itself fails on them with ``INTERNAL``)."""
 
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await super().ModelReady(request, context)
+        except MLServerError as exc:  # MLServer leaves these to gRPC: UNKNOWN, with its class name
+            await context.abort(_grpc_code(exc), str(exc))
+
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request.raw_input_contents:
             inputs = [(i.name, i.datatype, list(i.shape)) for i in request.inputs]
@@ -161,6 +206,8 @@ class _Server(MLServer):  # type: ignore[misc]
     def __init__(
         self, settings: Settings, model: ModelSettings, signature: list[TensorInfo], hide: list[str]
     ) -> None:
+        # MLServer's gRPC handlers look their status codes up here at each error
+        grpc_utils.STATUS_CODE_MAPPING.update(_GRPC_CODES)
         self._served_settings = model
         self._signature = signature
         self._hide = hide
