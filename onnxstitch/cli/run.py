@@ -15,7 +15,19 @@ from onnxstitch.errors import InputError
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
-__all__ = ["load_feeds", "register", "save_outputs"]
+__all__ = ["check_output_path", "load_feeds", "register", "save_outputs"]
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"  # an .npz is a zip archive
+
+
+def _looks_like(head: bytes) -> str:
+    from onnxstitch.files.sniff import looks_like_text
+
+    if not head:
+        return "it is empty"
+    return "it looks like text" if looks_like_text(head) else "its first bytes are not NumPy's"
 
 
 def _load_array_file(path: Path) -> Any:
@@ -23,6 +35,14 @@ def _load_array_file(path: Path) -> Any:
 
     if not path.is_file():
         raise InputError(f"input file {str(path)!r} does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if not head.startswith((_NPY_MAGIC, _ZIP_MAGIC)):
+        kind = ".npz" if path.suffix == ".npz" else ".npy"
+        raise InputError(
+            f"{path.name} is not a NumPy {kind} file ({_looks_like(head)})",
+            hint="save arrays with numpy.save (one array, .npy) or numpy.savez (several, .npz)",
+        )
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -71,23 +91,43 @@ def load_feeds(specs: Sequence[str]) -> dict[str, np.ndarray[Any, Any]]:
     return feeds
 
 
+def check_output_path(path: Path, n_outputs: int) -> None:
+    """Check ``--output`` before any work: an .npz (any outputs) or an .npy (exactly one output).
+
+    Raises:
+        InputError: a folder, another suffix, or .npy for a model with several outputs.
+    """
+    if path.is_dir():
+        raise InputError(
+            f"--output {str(path)!r} is a folder; name the file to write in it",
+            hint=f"e.g. --output {path / 'outputs.npz'}",
+        )
+    if path.suffix == ".npy" and n_outputs != 1:
+        raise InputError(
+            f"--output {str(path)!r}: an .npy file holds one array, the model has {n_outputs} outputs",
+            hint=f"use an .npz file, e.g. --output {path.with_suffix('.npz')}",
+        )
+    if path.suffix not in (".npz", ".npy"):
+        raise InputError(
+            f"--output {str(path)!r} must end in .npz (all outputs by name)"
+            + (" or .npy (the one output)" if n_outputs == 1 else ""),
+            hint=f"e.g. --output {path.with_name(path.name + '.npz')}",
+        )
+
+
 def save_outputs(outputs: dict[str, Any], path: Path) -> Path:
     """Save outputs under their names: an .npz of all, or an .npy when there is exactly one.
 
     Raises:
-        InputError: the suffix is neither .npz nor .npy, or .npy with several outputs.
+        InputError: as :func:`check_output_path`.
     """
     import numpy as np
 
+    check_output_path(path, len(outputs))
     if path.suffix == ".npz":
         np.savez(path, **outputs)
-    elif path.suffix == ".npy" and len(outputs) == 1:
-        np.save(path, next(iter(outputs.values())))
     else:
-        raise InputError(
-            f"--output {str(path)!r}: use an .npz file (an .npy holds exactly one output; "
-            f"the model has {len(outputs)})",
-        )
+        np.save(path, next(iter(outputs.values())))
     return path
 
 
@@ -131,6 +171,8 @@ def run_command(
 
     feeds = load_feeds(inputs or [])
     session = Session(model, device=device, threads=threads)
+    if output is not None:
+        check_output_path(output, len(session.outputs))
     started = time.perf_counter()
     if batch_size is None:
         outputs = session.run(feeds)

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from onnxstitch.cli import app
+from onnxstitch.errors import InputError
 
 runner = CliRunner()
 
@@ -139,15 +140,35 @@ def test_run_threads_option(in_work: Path) -> None:
         (["-i", "x=feeds.npz"], "a name= spec takes one .npy array"),
         (["-i", "=x.npy"], "expected name=file.npy"),
         (["-i", "x=x.npy", "-i", "feeds.npz"], "input 'x' is given more than once"),
-        (["-i", "x=x.npy", "-o", "out.txt"], "use an .npz file"),
+        (["-i", "x=x.npy", "-o", "out.txt"], "'out.txt' must end in .npz (all outputs by name) or .npy"),
+        (["-i", "x=x.npy", "-o", "d1"], "--output 'd1' is a folder; name the file to write in it"),
+        (["-i", "x=text.npy"], "text.npy is not a NumPy .npy file (it looks like text)"),
+        (["-i", "text.npz"], "text.npz is not a NumPy .npz file (it looks like text)"),
         (["-i", "x=x.npy", "--device", "tpu"], "unknown device 'tpu'"),
-        (["-i", "x=mlp.onnx"], "is not a readable .npy/.npz file"),
+        (["-i", "x=mlp.onnx"], "mlp.onnx is not a NumPy .npy file (its first bytes are not NumPy's)"),
     ],
 )
 def test_run_errors(in_work: Path, args: list[str], message: str) -> None:
+    (in_work / "d1").mkdir(exist_ok=True)
+    (in_work / "text.npy").write_text("1 2 3\n4 5 6\n")
+    (in_work / "text.npz").write_text("1 2 3\n")
     result = runner.invoke(app, ["run", "mlp.onnx", *args])
     assert result.exit_code == 1
     assert message in _flat(result.stderr)
+    assert "pickle" not in result.stderr and "an .npy holds exactly one output" not in result.stderr
+
+
+def test_output_path_checked_for_the_number_of_outputs(tmp_path: Path) -> None:
+    from onnxstitch.cli.run import check_output_path
+
+    check_output_path(tmp_path / "o.npy", 1)
+    check_output_path(tmp_path / "o.npz", 3)
+    with pytest.raises(InputError, match=r"an \.npy file holds one array, the model has 2 outputs") as info:
+        check_output_path(tmp_path / "o.npy", 2)
+    assert info.value.hint is not None and "o.npz" in info.value.hint
+    with pytest.raises(InputError, match=r"must end in \.npz \(all outputs by name\)") as info:
+        check_output_path(tmp_path / "o.txt", 2)
+    assert ".npy" not in str(info.value)
 
 
 def test_run_missing_model_is_usage_error(in_work: Path) -> None:
