@@ -30,7 +30,9 @@ def parse_ints(text: str, *, option: str) -> tuple[int, ...]:
 def bench_command(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The .onnx model to measure.")],
     batch: Annotated[str, typer.Option("--batch", "-b", help="Batch sizes, comma-separated.")] = "1,8,64",
-    device: Annotated[str, typer.Option(help="cpu, cuda, tensorrt or auto.")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="auto (the best available, as in `run`), cpu, cuda or tensorrt.")
+    ] = "auto",
     threads: Annotated[
         int | None, typer.Option(min=1, help="Intra-op threads (default: one per core).")
     ] = None,
@@ -39,7 +41,10 @@ def bench_command(
     optimization: Annotated[str, typer.Option(help="all, extended, basic or disabled.")] = "all",
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Measure latency (p50/p90/p99), throughput, session-creation time and peak memory."""
+    """Measure latency (p50/p90/p99), throughput, session-creation time and peak memory.
+
+    Throughput (samples/s) is all samples over all the timed runs' time: batch / mean latency.
+    """
     from rich.progress import Progress
     from rich.table import Table
 
@@ -62,7 +67,7 @@ def bench_command(
         print_json(result.to_dict())
         return
     table = Table(title=f"{model.name} on {result.providers[0]} (threads={threads or 'default'})")
-    for column in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s"):
+    for column in ("batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "samples/s (batch/mean)"):
         table.add_column(column, justify="right")
     for r in result.rows:
         table.add_row(

@@ -35,7 +35,13 @@ def verify_command(
             exists=True, dir_okay=False, help="An .npz of feeds (by input name) instead of random ones."
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, tensorrt or auto.")] = "cpu",
+    device: Annotated[
+        str,
+        typer.Option(
+            help="cpu (default: exact parity with the reference, unlike `run`/`bench`'s auto), "
+            "cuda, tensorrt or auto."
+        ),
+    ] = "cpu",
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Run the model and the reference on the same feeds; exit 1 when an output differs."""

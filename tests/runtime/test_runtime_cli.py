@@ -241,10 +241,19 @@ def test_bench_json(in_work: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
+    assert data["device"] == "auto"  # like run; verify stays on cpu
+    assert all(r["throughput"] == pytest.approx(r["batch"] * 1000 / r["mean_ms"]) for r in data["rows"])
     assert [r["batch"] for r in data["rows"]] == [1, 4]
     assert all(r["repeats"] == 3 and 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] for r in data["rows"])
     assert data["threads"] == 1 and data["providers"] == ["CPUExecutionProvider"]
     assert data["session_seconds"] > 0 and data["peak_rss_mb"] > 0
+
+
+def test_device_defaults_and_help() -> None:
+    bench_help = _flat(runner.invoke(app, ["bench", "--help"], env={"COLUMNS": "200"}).stdout)
+    assert "batch / mean latency" in bench_help and "[default: auto]" in bench_help
+    verify_help = _flat(runner.invoke(app, ["verify", "--help"], env={"COLUMNS": "200"}).stdout)
+    assert "exact parity" in verify_help and "[default: cpu]" in verify_help
 
 
 def test_bench_table_and_options(in_work: Path) -> None:
@@ -253,6 +262,7 @@ def test_bench_table_and_options(in_work: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "p50 ms" in result.stdout and "session creation" in result.stdout
+    assert "samples/s (batch/mean)" in _flat(result.stdout)
     bad = runner.invoke(app, ["bench", "mlp.onnx", "--batch", "0"])
     assert bad.exit_code == 1 and "positive integers" in _flat(bad.stderr)
     bad = runner.invoke(app, ["bench", "mlp.onnx", "--device", "tpu"])
