@@ -30,6 +30,7 @@ from tritonclient.utils import InferenceServerException
 
 import onnxstitch as ox
 from onnxstitch.runtime.deploy import deploy_triton
+from onnxstitch.runtime.deploy.triton import triton_config
 
 from ._models import ADD, SLOW, model
 from ._server import Server, running
@@ -228,6 +229,26 @@ def test_repository_index_load_and_refused_unload(adder: Server) -> None:
         client.load_model("other")
     assert missing.value.status() == "404"
     assert client.is_model_ready("adder")
+
+
+def _config_json(text: str) -> dict[str, Any]:
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse(text, model_config_pb2.ModelConfig())
+    return dict(json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
+def test_model_config_of_a_file_is_what_deploy_would_write(adder: Server, add_model: onnx.ModelProto) -> None:
+    client = thttp.InferenceServerClient(adder.url)
+    text, _ = triton_config(add_model, name="adder", max_batch_size=8, max_queue_delay_us=5000)
+    expected = _config_json(text)
+    assert client.get_model_config("adder") == expected
+    assert expected["max_batch_size"] == 8 and expected["input"][0]["dims"] == ["4"]
+    assert client.get_model_config("adder", "1") == expected
+    with pytest.raises(InferenceServerException, match="Model nope not found") as info:
+        client.get_model_config("nope")
+    assert info.value.status() == "404"
 
 
 def test_grpc_statuses_and_messages_are_clean(adder: Server) -> None:
@@ -524,6 +545,12 @@ def _slow_request(steps: int) -> list[thttp.InferInput]:
     count = thttp.InferInput("steps", [1], "INT64")
     count.set_data_from_numpy(np.array([steps], dtype=np.int64))
     return [x, count]
+
+
+def test_model_config_of_a_repository_is_its_config_pbtxt(slow: Server, workdir: Path) -> None:
+    client = thttp.InferenceServerClient(slow.url)
+    expected = _config_json((workdir / "repo" / "slow" / "config.pbtxt").read_text())
+    assert client.get_model_config("slow") == expected and expected["name"] == "slow"
 
 
 def test_timeout_cancels_the_run_and_server_stays_usable(slow: Server) -> None:

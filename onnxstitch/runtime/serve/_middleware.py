@@ -27,6 +27,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _INFER = re.compile(r"^/v2/models/[^/]+(?:/versions/[^/]+)?/infer$")
+_CONFIG = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/config$")
 _HEADER_LENGTH = b"inference-header-content-length"
 
 
@@ -169,16 +170,32 @@ class ProtocolMiddleware:
         app: the REST application.
         max_body_bytes: the largest request body accepted (after gzip inflation); larger gets 413.
         hide: strings (folders) replaced by ``<hidden>`` in error bodies.
+        model_name: the served model, whose ``config`` is answered here.
+        config: Triton's JSON form of its ``ModelConfig`` (``None``: the route answers 404).
     """
 
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, hide: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        hide: Sequence[str] = (),
+        model_name: str = "",
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.hide = [h for h in hide if h]
+        self.model_name = model_name
+        self.config = config
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        config_route = _CONFIG.match(scope["path"]) if scope["method"] == "GET" else None
+        if config_route is not None:
+            await self._send_config(send, config_route.group(1))
             return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         try:
@@ -279,6 +296,19 @@ class ProtocolMiddleware:
         headers.append((b"content-length", str(len(out)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
+
+    async def _send_config(self, send: Send, name: str) -> None:
+        """Triton's ``GET /v2/models/NAME[/versions/V]/config``: the model's config as JSON."""
+        if name != self.model_name:
+            await self._send_error(send, 404, f"Model {name} not found")
+        elif self.config is None:
+            message = f"no Triton model config for model {name!r}: tritonclient's schema is not "
+            await self._send_error(send, 404, message + "installed or Triton cannot serve its signature")
+        else:
+            body = _dumps(self.config)
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
 
     async def _send_error(self, send: Send, status: int, message: str) -> None:
         for secret in self.hide:

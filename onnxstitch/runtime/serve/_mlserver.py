@@ -204,8 +204,14 @@ class _CheckedGRPCServer(GRPCServer):  # type: ignore[misc]
 
 class _Server(MLServer):  # type: ignore[misc]
     def __init__(
-        self, settings: Settings, model: ModelSettings, signature: list[TensorInfo], hide: list[str]
+        self,
+        settings: Settings,
+        model: ModelSettings,
+        signature: list[TensorInfo],
+        hide: list[str],
+        config: dict[str, Any] | None,
     ) -> None:
+        self._config = config
         # MLServer's gRPC handlers look their status codes up here at each error
         grpc_utils.STATUS_CODE_MAPPING.update(_GRPC_CODES)
         self._served_settings = model
@@ -224,7 +230,11 @@ class _Server(MLServer):  # type: ignore[misc]
             self._settings, self._data_plane, self._model_repository_handlers
         )
         self._rest_server._app.add_middleware(
-            ProtocolMiddleware, max_body_bytes=self._settings.grpc_max_message_length, hide=self._hide
+            ProtocolMiddleware,
+            max_body_bytes=self._settings.grpc_max_message_length,
+            hide=self._hide,
+            model_name=self._served_settings.name,
+            config=self._config,
         )
 
 
@@ -302,7 +312,7 @@ async def run_server(
     folders = {served.path.parent, served.path.parent.parent}
     hide = sorted((str(f) for f in folders if len(f.parts) > 2), key=len, reverse=True)  # never '/' or '/tmp'
     quiet_mlserver()
-    server = _Server(settings, model, signature, hide)
+    server = _Server(settings, model, signature, hide, options.get("config"))
     task = asyncio.create_task(_start(server, model))
     while not task.done():
         if await _ready(server, settings):

@@ -21,7 +21,7 @@ import onnx
 from onnxstitch.errors import MissingDependencyError, ServeError
 from onnxstitch.runtime._feeds import TensorInfo
 from onnxstitch.runtime.serve._protocol import numpy_to_v2
-from onnxstitch.runtime.serve._source import ServedModel, resolve_target
+from onnxstitch.runtime.serve._source import ServedModel, model_config_json, resolve_target
 
 __all__ = ["model_signature", "serve"]
 
@@ -247,6 +247,7 @@ def serve(
     _check_batching(batch, inputs, outputs)
     _import_mlserver()
     _check_device(proto, device, threads)
+    config = model_config_json(served, proto, max_batch_size=batch, max_batch_time=wait, device=device)
     del proto
     from onnxstitch.runtime.serve._mlserver import run_server
 
@@ -259,6 +260,7 @@ def serve(
         "max_batch_size": batch,
         "max_batch_time": wait,
         "extra": {"timeout": timeout, "device": device, "threads": threads},
+        "config": config,
         "inputs": _metadata(inputs),
         "outputs": _metadata(outputs),
     }

@@ -18,7 +18,14 @@ from typing import Any
 
 from onnxstitch.errors import ServeError
 
-__all__ = ["NAME_PATTERN", "ServedModel", "check_model_name", "parse_model_config", "resolve_target"]
+__all__ = [
+    "NAME_PATTERN",
+    "ServedModel",
+    "check_model_name",
+    "model_config_json",
+    "parse_model_config",
+    "resolve_target",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -266,3 +273,45 @@ def resolve_target(target: str | os.PathLike[str], *, name: str | None = None) -
     return ServedModel(
         name=check_model_name(name or default), path=path.resolve(), version="1", max_batch_size=None
     )
+
+
+def model_config_json(
+    served: ServedModel, model: Any, *, max_batch_size: int, max_batch_time: float, device: str
+) -> dict[str, Any] | None:
+    """Triton's JSON form of the model's ``ModelConfig`` (what ``GET /v2/models/NAME/config`` answers).
+
+    A repository's ``config.pbtxt`` as it is; for a bare file, the config
+    :func:`~onnxstitch.runtime.deploy.triton.triton_config` would write for it with the batching and
+    device served. ``None`` without Triton's schema (``tritonclient`` not installed) or when the
+    model has no Triton config (a signature Triton cannot serve).
+    """
+    schema = _model_config_module()
+    if schema is None:
+        return None
+    if served.max_batch_size is not None:  # from a repository: its config file
+        text = (served.path.parent.parent / _CONFIG).read_text(encoding="utf-8")
+    else:
+        from onnxstitch.errors import DeployError
+        from onnxstitch.runtime.deploy.triton import triton_config
+
+        gpu = device.lower().startswith(("cuda", "tensorrt"))
+        try:
+            text, _ = triton_config(
+                model,
+                name=served.name,
+                max_batch_size=max_batch_size,
+                device="gpu" if gpu else "cpu",
+                accelerator="tensorrt" if device.lower().startswith("tensorrt") else None,
+                max_queue_delay_us=max(1, round(max_batch_time * 1e6)),
+            )
+        except DeployError as exc:
+            logger.info("no Triton model config for %r: %s", served.name, exc)
+            return None
+    from google.protobuf import json_format, text_format
+
+    config = schema.ModelConfig()
+    text_format.Parse(text, config)
+    if served.max_batch_size is not None and config.name != served.name:
+        config.name = served.name
+    result: dict[str, Any] = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    return result
