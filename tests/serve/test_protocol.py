@@ -69,6 +69,21 @@ def test_bad_requests_name_the_input(case: str) -> None:
         assert needle in str(info.value), (needle, str(info.value))
 
 
+def test_every_problem_of_a_request_is_reported_at_once() -> None:
+    tensors = [
+        RequestTensor("x", "FP64", [2, 5], [0.0] * 10),  # datatype and static dim both wrong
+        RequestTensor("n", "INT64", [3, 1], [1, 2, 3]),  # batch disagrees with x's
+    ]
+    with pytest.raises(InputError) as info:
+        decode_inputs(SIGNATURE, tensors)
+    message = str(info.value)
+    assert message.startswith("3 problem(s) with the request:"), message
+    for needle in ("'x': datatype 'FP64'", "'x': dim 1 is 5", "'n': dim 0 ('batch') is 3"):
+        assert needle in message, (needle, message)
+    with pytest.raises(InputError, match=r"^1 problem\(s\) with the request:\n  - input 'x': dim 1 is 5"):
+        decode_inputs(SIGNATURE, [RequestTensor("x", "FP32", [2, 5], [0.0] * 10), _good()[1]])
+
+
 def test_missing_input_is_named() -> None:
     with pytest.raises(InputError, match="missing input 'n'"):
         decode_inputs(SIGNATURE, _good()[:1])

@@ -212,12 +212,18 @@ class _Server(MLServer):  # type: ignore[misc]
         config: dict[str, Any] | None,
     ) -> None:
         self._config = config
+        self.signalled = False
         # MLServer's gRPC handlers look their status codes up here at each error
         grpc_utils.STATUS_CODE_MAPPING.update(_GRPC_CODES)
         self._served_settings = model
         self._signature = signature
         self._hide = hide
         super().__init__(settings)
+
+    async def stop(self, sig: int | None = None) -> None:
+        """Stop the servers; ``sig`` is set when a signal (SIGTERM, SIGINT) asked for it."""
+        self.signalled = self.signalled or sig is not None
+        await super().stop(sig)
 
     def _create_servers(self) -> None:
         inner = self._data_plane  # type: ignore[has-type]
@@ -318,7 +324,7 @@ async def run_server(
         if await _ready(server, settings):
             break
         await asyncio.wait({task}, timeout=0.2)
-    if task.done():
+    if task.done() and not (server.signalled and task.exception() is None):  # a signal: a clean stop
         failure = task.exception()
         detail = f": {failure}" if failure is not None and str(failure) else " (see the log above)"
         raise ServeError(f"the server for model {served.name!r} stopped before it was ready{detail}")
@@ -329,7 +335,7 @@ async def run_server(
         settings.http_port,
         settings.grpc_port,
     )
-    if on_ready is not None:
+    if on_ready is not None and not task.done():
         on_ready(served)
     await task
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from onnxstitch.errors import InputError
-from onnxstitch.runtime._feeds import TensorInfo, check_feeds
+from onnxstitch.runtime._feeds import TensorInfo, _check_one, check_feeds
 
 __all__ = [
     "RequestTensor",
@@ -124,6 +124,7 @@ def decode_inputs(
     problems: list[str] = []
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     seen: set[str] = set()
+    symbols: dict[str, tuple[int, str]] = {}
     for tensor in tensors:
         if tensor.name in seen:
             problems.append(f"input {tensor.name!r} is given twice")
@@ -138,6 +139,9 @@ def decode_inputs(
         problems.extend(found)
         if array is not None:
             arrays[tensor.name] = array
+        if _shape_problem(tensor) is None:  # the shape against the model's, whatever else is wrong
+            shaped = array if array is not None else _stand_in(info, tensor.shape)
+            problems.extend(_check_one(info, shaped, symbols))
     for info in signature:
         if info.name not in seen:
             problems.append(
@@ -146,8 +150,16 @@ def decode_inputs(
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise InputError(f"{len(problems)} problem(s) with the request:\n{lines}")
-    check_feeds(signature, arrays)
+    try:
+        check_feeds(signature, arrays)  # a last check; the loop above has found what it would
+    except InputError as exc:
+        raise InputError(str(exc).replace("with the feeds", "with the request")) from None
     return arrays
+
+
+def _stand_in(info: TensorInfo, shape: Sequence[int]) -> np.ndarray[Any, Any]:
+    """A read-only array of ``shape`` in the model's dtype that takes no memory (shape checks only)."""
+    return np.broadcast_to(np.zeros((), dtype=info.dtype), tuple(shape))
 
 
 def decode_binary(name: str, datatype: str, shape: Sequence[Any], raw: bytes) -> list[Any]:
