@@ -89,3 +89,14 @@ def test_model_file_batching_is_off_unless_asked(model_file: Path) -> None:
     assert _batching(served, 8, None) == (8, DEFAULT_BATCH_TIME)
     assert _batching(served, 8, 0.0) == (0, 0.0)
     assert _batching(ServedModel("m", model_file, "1", 16, 0.0), None, None) == (0, 0.0)
+
+
+@pytest.mark.serve
+def test_a_server_whose_model_fails_to_load_is_an_error(model_file: Path) -> None:
+    command = [sys.executable, "-m", "tests.serve._failing", str(model_file), str(free_port())]
+    command.append(str(free_port()))
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=root)
+    assert done.returncode == 1, done.stdout + done.stderr[-3000:]
+    assert "ServeError: the server for model 'a' stopped before it was ready" in done.stdout
+    assert "announced: 0" in done.stdout

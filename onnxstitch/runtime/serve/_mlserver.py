@@ -212,7 +212,7 @@ class _Server(MLServer):  # type: ignore[misc]
         config: dict[str, Any] | None,
     ) -> None:
         self._config = config
-        self.signalled = False
+        self.signalled: bool | None = None  # whether the first stop came from a signal
         # MLServer's gRPC handlers look their status codes up here at each error
         grpc_utils.STATUS_CODE_MAPPING.update(_GRPC_CODES)
         self._served_settings = model
@@ -221,8 +221,13 @@ class _Server(MLServer):  # type: ignore[misc]
         super().__init__(settings)
 
     async def stop(self, sig: int | None = None) -> None:
-        """Stop the servers; ``sig`` is set when a signal (SIGTERM, SIGINT) asked for it."""
-        self.signalled = self.signalled or sig is not None
+        """Stop the servers; ``sig`` is set when a signal (SIGTERM, SIGINT) asked for it.
+
+        MLServer stops without one when the model fails to load (and uvicorn then raises SIGINT
+        in the process: only the first stop tells why).
+        """
+        if self.signalled is None:
+            self.signalled = sig is not None
         await super().stop(sig)
 
     def _create_servers(self) -> None:
@@ -324,7 +329,7 @@ async def run_server(
         if await _ready(server, settings):
             break
         await asyncio.wait({task}, timeout=0.2)
-    if task.done() and not (server.signalled and task.exception() is None):  # a signal: a clean stop
+    if task.done() and not (server.signalled and task.exception() is None):  # signalled: clean stop
         failure = task.exception()
         detail = f": {failure}" if failure is not None and str(failure) else " (see the log above)"
         raise ServeError(f"the server for model {served.name!r} stopped before it was ready{detail}")
