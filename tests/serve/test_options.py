@@ -20,9 +20,13 @@ def test_all_bad_options_are_reported_at_once(tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
     onnx.save(model(ADD), path)
     with pytest.raises(ServeError) as info:
-        serve(path, port=9000, grpc_port=9000, workers=-1, timeout=-1.0, max_body_bytes=10)
+        serve(
+            path, port=9000, grpc_port=9000, workers=-1, timeout=-1.0, max_body_bytes=10, max_batch_time=-1.0
+        )
     message = str(info.value)
     for needle in ("must differ", "workers must be 0", "timeout must be positive", "max_body_bytes"):
+        assert needle in message
+    for needle in ("max_batch_time must be 0 or more",):
         assert needle in message
     with pytest.raises(ServeError, match="port must be between 1 and 65535"):
         serve(path, port=70000, grpc_port=9001)
