@@ -49,6 +49,35 @@ Layout = Annotated[
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow now, keeping its start-up chatter off the terminal (CLI only).
+
+    ``TF_CPP_MIN_LOG_LEVEL=2`` (unless the user set it) hides its C++ info/warning log lines; the
+    oneDNN notice and absl's "All log messages before absl::InitializeLog()" are written to the
+    stderr file descriptor while the library loads, before that level applies, so fd 2 points at
+    /dev/null for the import itself (a failing import is left to the converter to report).
+    """
+    import importlib
+    import importlib.util
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        importlib.import_module("tensorflow")
+    except Exception:  # the converter imports it again and says what is wrong
+        logging.getLogger(__name__).debug("importing tensorflow failed", exc_info=True)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 @contextmanager
 def _working(json_out: bool) -> Iterator[None]:
     """A spinner on stderr; with ``--json``, whatever the frameworks print goes to stderr instead."""
@@ -354,6 +383,7 @@ def _convert_keras(
 ) -> None:
     from onnxstitch.converters import from_keras
 
+    import_tensorflow_quietly()
     with _working(json_out):
         model = from_keras(
             source,

@@ -82,17 +82,19 @@ def _summary(result: DemoResult) -> Any:
         f"5. Timed both and wrote a Triton model repository, a report and a plot."
     )
     table = Table(box=None, padding=(0, 2))
-    table.add_column("")
-    table.add_column(f"native {first} → {second}", justify="right")
-    table.add_column("merged ONNX model", justify="right")
+    table.add_column("", no_wrap=True)
+    table.add_column(f"native\n{first} → {second}", justify="right", no_wrap=True)
+    table.add_column("merged\nONNX model", justify="right", no_wrap=True)
+    table.add_column("", justify="right", no_wrap=True)  # the speed-up, apart: the numbers line up
     table.add_row(
-        "test accuracy", f"{100 * result.native_accuracy:.2f} %", f"{100 * result.merged_accuracy:.2f} %"
+        "test accuracy", f"{100 * result.native_accuracy:.2f} %", f"{100 * result.merged_accuracy:.2f} %", ""
     )
     for row in result.latency:
         table.add_row(
             f"latency, batch {row.batch}",
             f"{row.native_ms:.2f} ms",
-            f"{row.merged_ms:.2f} ms  [green]({row.speedup:.1f}× faster)[/]",
+            f"{row.merged_ms:.2f} ms",
+            f"[green]({row.speedup:.1f}× faster)[/]",
         )
     contended = [r for r in result.latency if r.native_ms > 2 * r.parts_ms]
     note = (
@@ -143,14 +145,17 @@ def demo_command(
     model, checked against the two frameworks on every test image and timed. Written to --out: the
     model, a Triton model repository, a report and a plot. No network; about a minute on 2 cores.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     # torch.onnx warns that torchvision is missing (only its detection ops need it)
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
+    from onnxstitch.cli.convert import import_tensorflow_quietly
     from onnxstitch.demo import run_demo
+    from onnxstitch.demo._run import check_out_dir
 
+    check_out_dir(out)  # before TensorFlow's import (seconds) and the training (a minute)
     name = flavour.value
     console.print(f"[bold]onnxstitch demo[/] ({name}): two frameworks, one ONNX model → {out}{os.sep}\n")
+    import_tensorflow_quietly()  # TensorFlow's start-up chatter, twice, would break the progress display
     display = _StageDisplay(name)
     with display.progress:
         result = run_demo(out, epochs=epochs, seed=seed, flavour=name, progress=display)

@@ -159,6 +159,10 @@ def _build_part(part: PartSpec) -> onnx.ModelProto | Path:
 
 def _spec_models(spec: MergeSpec) -> dict[str, onnx.ModelProto | Path]:
     models: dict[str, onnx.ModelProto | Path] = {}
+    if any(part.kind == "keras" for part in spec.parts.values()):
+        from onnxstitch.cli.convert import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
     for key, part in spec.parts.items():
         if part.kind in ("torch", "keras"):
             err_console.print(f"converting part {key!r} ({part.kind}: {part.source})", highlight=False)

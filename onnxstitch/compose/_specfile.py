@@ -181,10 +181,8 @@ def parse_spec(
         if key not in TOP_LEVEL:
             problems.append(f"unknown top-level key {key!r}; valid keys: {', '.join(TOP_LEVEL)}")
     parts = _parts(data.get("parts"), Path(base_dir), problems)
-    for part in parts.values() if check_part is not None else ():
-        problem = check_part(part)
-        if problem:
-            problems.append(problem)
+    if check_part is not None:
+        problems.extend(p for p in map(check_part, parts.values()) if p)
     raw_parts = data.get("parts")
     declared = [str(k) for k in raw_parts] if isinstance(raw_parts, Mapping) else []
     links = _str_list(data.get("links", []), "links", problems)

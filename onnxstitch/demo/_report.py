@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -114,6 +114,16 @@ def write_plot(result: DemoResult, path: Path) -> Path:
     Raises:
         MissingDependencyError: matplotlib is not installed.
     """
+    figure(result).savefig(path, dpi=110)
+    return path
+
+
+def figure(result: DemoResult) -> Any:
+    """The demo's matplotlib ``Figure`` (what :func:`write_plot` saves).
+
+    Raises:
+        MissingDependencyError: matplotlib is not installed.
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -144,10 +154,9 @@ def write_plot(result: DemoResult, path: Path) -> Path:
     ax_cm.set_yticks(range(matrix.shape[0]))
     ax_cm.set_xlabel("predicted digit")
     ax_cm.set_ylabel("true digit")
-    ax_cm.set_title(
-        f"Merged model: {_pct(result.merged_accuracy)} test accuracy, "
-        f"same digit as native on {result.same_predictions}/{result.n_test}"
+    ax_cm.set_title(  # two lines: one is wider than the axes and was cut off at the figure's edge
+        f"Merged model: {_pct(result.merged_accuracy)} test accuracy\n"
+        f"same digit as native on {result.same_predictions}/{result.n_test} test images"
     )
     fig.suptitle(f"onnxstitch demo ({result.flavour})")
-    fig.savefig(path, dpi=110)
-    return path
+    return fig

@@ -196,8 +196,12 @@ def _check_options(flavour: str, epochs: int, repeats: int, threads: int | None)
         raise StitchError("invalid demo options: " + "; ".join(problems))
 
 
-def _prepare_out(out_dir: Path) -> None:
-    """Create the output folder now, so a bad ``out_dir`` fails before a minute of training."""
+def check_out_dir(out_dir: Path) -> None:
+    """Create the output folder now, so a bad ``out_dir`` fails before a minute of training.
+
+    Raises:
+        StitchError: ``out_dir`` is a file, or cannot be created or written.
+    """
     if out_dir.exists() and not out_dir.is_dir():
         raise StitchError(
             f"output folder {str(out_dir)!r} is an existing file", hint="name a folder (new or existing)"
@@ -365,7 +369,7 @@ def run_demo(
         ValidationError: the merged model disagrees with the native chain (never expected).
     """
     _check_options(flavour, epochs, repeats, threads)
-    _prepare_out(Path(out_dir))
+    check_out_dir(Path(out_dir))
     n_threads = threads or min(os.cpu_count() or 1, 4)
     seconds: dict[str, float] = {}
     st = _Stages(flavour, progress, seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -290,6 +291,45 @@ def test_convert_keras_file(keras_files: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert _dims(onnx.load(str(out))) == {"x": ["batch", 4], "probs": ["batch", 3]}
     assert "parity: ✓" in result.stdout
+
+
+def test_convert_keras_console_script_keeps_tensorflow_quiet(keras_files: Path, tmp_path: Path) -> None:
+    """TensorFlow's absl/oneDNN start-up lines (written to fd 2 at import) stay off the terminal."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = tmp_path / "dense.onnx"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxstitch",
+            "convert",
+            "keras",
+            str(keras_files / "dense.keras"),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "parity: ✓" in proc.stdout
+    for noise in ("oneDNN", "absl", "cpu_feature_guard", "Starting new session"):
+        assert noise not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_tensorflow_log_level_set_only_when_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxstitch.cli.convert import import_tensorflow_quietly
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # as if already imported: nothing to do
+    import_tensorflow_quietly()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # the user's choice stays
+    import_tensorflow_quietly()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
 
 
 def test_convert_keras_with_signature_and_json(keras_files: Path, tmp_path: Path) -> None:

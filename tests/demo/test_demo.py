@@ -8,6 +8,7 @@ the plot exist and say what happened.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -301,6 +302,11 @@ def _synthetic_result(tmp_path: Path, *, native_ms: float):  # type: ignore[no-u
     )
 
 
+def _column_end(line: str, k: int) -> int:
+    """Where the k-th number ("1.23 ms" or "95.00 %") of a summary row ends."""
+    return [m.end() for m in re.finditer(r"\d+\.\d+ (?:ms|%)", line)][k - 1]
+
+
 @pytest.mark.parametrize("native_ms", [1.8, 60.0])
 def test_cli_summary_explains_a_contended_native_chain(tmp_path: Path, native_ms: float) -> None:
     from rich.console import Console
@@ -314,6 +320,17 @@ def test_cli_summary_explains_a_contended_native_chain(tmp_path: Path, native_ms
     assert "onnxstitch demo (torch-keras, seed 7, 3 epochs)" in text
     assert "layout adapter by itself (head.adapter: Transpose)" in text
     assert "100.0× faster" in text if native_ms == 60.0 else "3.0× faster" in text
+    rows = [line for line in text.splitlines() if re.match(r"│\s+(latency, batch|test accuracy) ", line)]
+    assert len(rows) == 3
+    # right-aligned: the native numbers end in one column, the merged ones in another
+    native_ends = {_column_end(line, 1) for line in rows}
+    merged_ends = {_column_end(line, 2) for line in rows}
+    assert len(native_ends) == 1 and len(merged_ends) == 1, rows
+    narrow = Console(record=True, width=80)
+    narrow.print(_summary(result))
+    narrow_text = narrow.export_text()
+    table = narrow_text[narrow_text.index("native") : narrow_text.index("latency, batch 64") + 80]
+    assert "× faster)" in table and "…" not in table  # the numbers table is not cut at 80 columns
     contended = "At batch 64 the native chain is slowed" in text
     assert contended == (native_ms == 60.0)
     if contended:
@@ -328,3 +345,20 @@ def test_report_of_synthetic_result(tmp_path: Path) -> None:
     assert "| 64 | 60.000 | 1.500 | 0.600 | 100.0× |" in text
     assert "- `head.adapter: Transpose`" in text
     assert "input `image` (NCHW, shape" in text and "['batch', 1, 8, 8]" in text
+
+
+def test_plot_titles_fit_in_the_figure(tmp_path: Path) -> None:
+    from onnxstitch.demo._report import figure, write_plot
+
+    result = _synthetic_result(tmp_path, native_ms=60.0)
+    result.confusion = np.diag(np.full(10, 36))
+    fig = figure(result)
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    titles = [ax.title for ax in fig.axes if ax.get_title()]
+    assert any("same digit as native on 360/360" in t.get_text() for t in titles)
+    for title in [*titles, fig._suptitle]:
+        box = title.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.x1, title.get_text()
+        assert box.y0 >= 0 and box.y1 <= fig.bbox.y1, title.get_text()
+    assert write_plot(result, tmp_path / "demo.png").read_bytes()[:8] == PNG_MAGIC
