@@ -304,7 +304,7 @@ def torch_command(
             f"torch model {source!r}: --example-input (-e) is needed to export a module",
             hint="give the shape of one real input per forward argument, e.g. -e 1x3x224x224",
         )
-    with _working(json_out), _examples_hint_names_option():
+    with _working(json_out), examples_hint_names_option():
         model = from_torch(
             module,
             examples,
@@ -323,8 +323,10 @@ def torch_command(
 
 
 @contextmanager
-def _examples_hint_names_option() -> Iterator[None]:
-    """Name ``-e`` in from_torch's hint for examples the module fails on."""
+def examples_hint_names_option(option: str = "-e", *, prefix: str = "") -> Iterator[None]:
+    """Name ``option`` (where the user gave the examples) in from_torch's hint for examples the
+    module fails on; ``prefix`` goes before the message.
+    """
     from onnxstitch.converters._torch import EXAMPLES_HINT
 
     try:
@@ -332,8 +334,8 @@ def _examples_hint_names_option() -> Iterator[None]:
     except ConversionError as exc:
         if not (exc.hint or "").startswith(EXAMPLES_HINT):
             raise
-        message = str(exc).split("\n  fix: ", 1)[0]
-        hint = (exc.hint or "").replace(EXAMPLES_HINT, f"{EXAMPLES_HINT} (-e)", 1)
+        message = prefix + str(exc).split("\n  fix: ", 1)[0]
+        hint = (exc.hint or "").replace(EXAMPLES_HINT, f"{EXAMPLES_HINT} ({option})", 1)
         raise ConversionError(message, hint=hint) from exc
 
 

@@ -96,13 +96,16 @@ def _torch_model(part: PartSpec) -> onnx.ModelProto:
             f"part {part.key!r}: {part.source!r} gave a {type(obj).__name__}, not a torch.nn.Module",
             hint="name an nn.Module, an nn.Module class or a function returning one",
         )
-    return from_torch(  # positional, in the spec's order; the spec's names become the input names
-        obj,
-        tuple(examples.values()),
-        input_names=list(examples),
-        output_names=part.options.get("output_names"),
-        opset=part.options.get("opset"),
-    )
+    from onnxstitch.cli.convert import examples_hint_names_option
+
+    with examples_hint_names_option(f"parts.{part.key}.example_inputs", prefix=f"part {part.key!r}: "):
+        return from_torch(  # positional, in the spec's order; the spec's names become the input names
+            obj,
+            tuple(examples.values()),
+            input_names=list(examples),
+            output_names=part.options.get("output_names"),
+            opset=part.options.get("opset"),
+        )
 
 
 def _check_torch_import(part: PartSpec) -> str | None:

@@ -443,6 +443,21 @@ def test_merge_spec_lists_bad_torch_factories_with_other_problems(
     assert "converting part" not in result.output  # found before any conversion
 
 
+def test_merge_spec_torch_examples_the_module_fails_on(
+    parts: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    (parts / "myheads4.py").write_text(TORCH_MODULE)
+    monkeypatch.chdir(parts)
+    monkeypatch.syspath_prepend(str(parts))
+    spec = _write_spec(parts, 'parts: {h: {torch: "myheads4:make_head", example_inputs: {x: "1x17"}}}\n')
+    result = _invoke("merge", spec, "-o", parts / "m.onnx")
+    assert result.exit_code == 1
+    text = _out(result)
+    assert "part 'h': torch module Head: the module fails on the example inputs: RuntimeError: mat1" in text
+    assert "check the example input shapes/dtypes (parts.h.example_inputs)" in text
+    assert "Traceback" not in capfd.readouterr().err  # no exporter ran: no fake-tensor traceback
+
+
 def test_yaml_tags_are_refused(parts: Path) -> None:
     spec = _write_spec(parts, "parts: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(SpecError, match="not valid YAML"):
