@@ -29,8 +29,9 @@ lint: install
 	$(PYTHON) -m ruff format --check onnxstitch tests scripts
 	$(PYTHON) -m mypy
 
+# every benchmark in turn, each writing its section of docs/benchmarks.md (~20 min on 2 cores)
 bench: install
-	$(PYTHON) scripts/bench/run_all.py
+	for b in runtime optimize merge serve convert; do $(PYTHON) scripts/bench/bench_$$b.py || exit 1; done
 
 # a separate virtualenv with the real Triton server (PyTriton, numpy<2) and the KServe SDK, used by
 # tests/deploy/test_real_servers.py (skipped when missing, required in CI)
