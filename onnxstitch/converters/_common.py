@@ -307,14 +307,39 @@ def check_opset(opset: int | None, *, what: str) -> int | None:
 
 
 # ---------------------------------------------------------------------------------------- checks
+def drop_unused_opsets(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Remove (in place) opset imports of domains no node uses, e.g. tf2onnx's ``ai.onnx.ml``.
+
+    The default domain always stays; so do the domains of model-local functions and of every node
+    in the graph, its subgraphs and the functions.
+    """
+    used = {""} | {f.domain for f in model.functions}
+    for graph in walk_graphs(model.graph):
+        used.update(node.domain for node in graph.node)
+    for function in model.functions:
+        used.update(node.domain for node in function.node)
+        for node in function.node:
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    used.update(n.domain for g in walk_graphs(sub) for n in g.node)
+    keep = [o for o in model.opset_import if o.domain in used]
+    if len(keep) != len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+    return model
+
+
 def finalize(model: onnx.ModelProto, *, what: str) -> onnx.ModelProto:
-    """Run the full ``onnx.checker`` and strict shape inference; return the inferred (new) model.
+    """Drop unused opset imports, run the full ``onnx.checker`` and strict shape inference.
+
+    Returns the inferred (new) model; ``model`` itself must be one the caller owns.
 
     Models past protobuf's 2 GB limit are checked through a temporary file with external data.
 
     Raises:
         ConversionError: the model is invalid (names ``what`` and the checker's reason).
     """
+    drop_unused_opsets(model)
     try:
         if model.ByteSize() < _PROTOBUF_LIMIT:
             onnx.checker.check_model(model, full_check=True)

@@ -164,3 +164,20 @@ def test_finalize_through_a_file_past_the_protobuf_limit(monkeypatch: pytest.Mon
     out = _common.finalize(_model(TWO_IN), what="m")
     assert out.graph == expected.graph
     assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in out.graph.initializer)
+
+
+def test_drop_unused_opsets_keeps_default_and_used_domains() -> None:
+    from onnxstitch.converters._common import drop_unused_opsets
+
+    model = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17, "ai.onnx.ml" : 2, "com.microsoft" : 1]>
+        g (float[N] x) => (float[N] y) { y = Relu (x) }"""
+    )
+    drop_unused_opsets(model)
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+    used = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 17, "ai.onnx.ml" : 2]>
+        g (float[N] x) => (float[N] y) { y = ai.onnx.ml.Normalizer <norm = "L1"> (x) }"""
+    )
+    drop_unused_opsets(used)
+    assert {o.domain for o in used.opset_import} == {"", "ai.onnx.ml"}
