@@ -454,6 +454,14 @@ def tensorflow_command(
     rtol: Rtol = 1e-4,
     atol: Atol = 1e-5,
     json_out: JsonOut = False,
+    trusted: Annotated[
+        bool,
+        typer.Option(
+            "--trusted",
+            help="Load a SavedModel holding file or Python-callback ops (ReadFile, PyFunc, ...): "
+            "only one you trust.",
+        ),
+    ] = False,
 ) -> None:
     """Convert a TensorFlow SavedModel (its serving_default signature) to ONNX, checked against TF."""
     _convert_keras(
@@ -462,7 +470,7 @@ def tensorflow_command(
         signature=input_signature,
         opset=opset,
         validate=validate,
-        trusted=False,
+        trusted=trusted,
         layout=layout,
         rtol=rtol,
         atol=atol,

@@ -357,6 +357,30 @@ def test_convert_tensorflow_saved_model(keras_files: Path, tmp_path: Path) -> No
     assert _meta.get_source(model) == "keras"
 
 
+def test_convert_tensorflow_trusted_flag(tmp_path: Path) -> None:
+    """A SavedModel with a file-writing op is refused, unless --trusted; the op never runs."""
+    tf = pytest.importorskip("tensorflow")
+    marker = tmp_path / "written.txt"
+
+    class Writer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec((None, 2), tf.float32, name="x")])
+        def serve(self, x: Any) -> Any:
+            tf.io.write_file(str(marker), "ran")
+            return {"y": x * 2.0}
+
+    module = Writer()
+    tf.saved_model.save(module, str(tmp_path / "saved"), signatures={"serving_default": module.serve})
+    out = tmp_path / "w.onnx"
+    refused = _invoke("convert", "tensorflow", str(tmp_path / "saved"), "-o", str(out))
+    assert refused.exit_code == 1 and "WriteFile" in _err(refused)
+    assert not out.exists()
+    done = _invoke(
+        "convert", "tensorflow", str(tmp_path / "saved"), "--trusted", "--no-validate", "-o", str(out)
+    )
+    assert done.exit_code == 0, done.output
+    assert out.exists() and not marker.exists()
+
+
 # ------------------------------------------------------------------------------------------ parsing
 def test_parsers() -> None:
     assert parse_tensor_spec("image=1x3x224x224:float16", option="-e") == (
