@@ -150,3 +150,23 @@ def lambda_model() -> Any:
         name="evil",
     )
     return keras.Model(x, keras.layers.Dense(2, name="y")(evil(x)), name="with_lambda")
+
+
+def file_writing_saved_model(folder: Any) -> tuple[Any, Any]:
+    """A SavedModel in ``folder/saved`` whose serving function writes ``folder/written.txt`` when run.
+
+    Returns ``(saved_model_dir, marker_path)``; saving only traces, so the marker does not exist yet.
+    """
+    import tensorflow as tf
+
+    marker = folder / "written.txt"
+
+    class Writer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec((None, 2), tf.float32, name="x")])
+        def serve(self, x: Any) -> Any:
+            tf.io.write_file(str(marker), "ran")
+            return {"y": x * 2.0}
+
+    module = Writer()
+    tf.saved_model.save(module, str(folder / "saved"), signatures={"serving_default": module.serve})
+    return folder / "saved", marker

@@ -359,24 +359,15 @@ def test_convert_tensorflow_saved_model(keras_files: Path, tmp_path: Path) -> No
 
 def test_convert_tensorflow_trusted_flag(tmp_path: Path) -> None:
     """A SavedModel with a file-writing op is refused, unless --trusted; the op never runs."""
-    tf = pytest.importorskip("tensorflow")
-    marker = tmp_path / "written.txt"
+    pytest.importorskip("tensorflow")
+    from keras_models import file_writing_saved_model
 
-    class Writer(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec((None, 2), tf.float32, name="x")])
-        def serve(self, x: Any) -> Any:
-            tf.io.write_file(str(marker), "ran")
-            return {"y": x * 2.0}
-
-    module = Writer()
-    tf.saved_model.save(module, str(tmp_path / "saved"), signatures={"serving_default": module.serve})
+    saved, marker = file_writing_saved_model(tmp_path)
     out = tmp_path / "w.onnx"
-    refused = _invoke("convert", "tensorflow", str(tmp_path / "saved"), "-o", str(out))
+    refused = _invoke("convert", "tensorflow", str(saved), "-o", str(out))
     assert refused.exit_code == 1 and "WriteFile" in _err(refused)
     assert not out.exists()
-    done = _invoke(
-        "convert", "tensorflow", str(tmp_path / "saved"), "--trusted", "--no-validate", "-o", str(out)
-    )
+    done = _invoke("convert", "tensorflow", str(saved), "--trusted", "--no-validate", "-o", str(out))
     assert done.exit_code == 0, done.output
     assert out.exists() and not marker.exists()
 

@@ -392,19 +392,9 @@ def test_saved_model_directory(files: Path, cnn: Any) -> None:
 @pytest.fixture(scope="module")
 def writer_saved_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A SavedModel whose serving function writes a marker file when it runs."""
-    folder = tmp_path_factory.mktemp("writer")
-    marker = folder / "written.txt"
-
-    class Writer(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec((None, 2), tf.float32, name="x")])
-        def serve(self, x: Any) -> Any:
-            tf.io.write_file(str(marker), "ran")
-            return {"y": x * 2.0}
-
-    module = Writer()
-    tf.saved_model.save(module, str(folder / "saved"), signatures={"serving_default": module.serve})
+    path, marker = keras_models.file_writing_saved_model(tmp_path_factory.mktemp("writer"))
     assert not marker.exists()  # saving traces, it does not run
-    return folder / "saved", marker
+    return path, marker
 
 
 def test_saved_model_with_file_ops_refused_before_loading(writer_saved_model: tuple[Path, Path]) -> None:
