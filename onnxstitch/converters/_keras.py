@@ -4,6 +4,12 @@ What :func:`from_keras` adds to ``tf2onnx.convert``:
 
 * the caller's model is never edited (tf2onnx's ``from_keras`` renames the model's outputs while it
   runs): we trace our own ``tf.function`` that *calls* the model with ``training=False``;
+* captured constants (a ``Normalization`` layer's statistics) are frozen into the graph, lookup
+  tables are carried (``StringLookup`` → ``CategoryMapper``), Keras's grouped convolutions are
+  inlined and ``Erfc`` (exact ``gelu``) is handled (see ``_tf2onnx``); the graph's inputs are
+  checked to be exactly the model's inputs;
+* a model, tf.function or SavedModel whose graphs can touch files, the network or Python is refused
+  before anything runs, unless ``trusted`` (see ``_tf_ops``);
 * tf2onnx's Python API carries on past ops it cannot convert and reports success; we refuse the
   result, listing every unsupported op type and the nodes that use it;
 * inputs and outputs keep the Keras names (never ``Identity:0``); dim 0 of every input and output is
@@ -32,6 +38,7 @@ from onnxstitch.converters._keras_sources import (
     Signature,
     Traced,
     load_keras_file,
+    refuse_unsafe_graph,
     safe_in,
     safe_out,
     trace,
@@ -39,11 +46,12 @@ from onnxstitch.converters._keras_sources import (
     trace_saved_model,
     trace_tf_function,
 )
+from onnxstitch.converters._tf2onnx import OpHandler, run_tf2onnx
+from onnxstitch.converters._tf_ops import unsupported_op_hint
 from onnxstitch.errors import (
     ConversionError,
     InputError,
     ModelFileError,
-    StitchError,
     UnsupportedOpsError,
     VersionError,
 )
@@ -69,6 +77,7 @@ def from_keras(
     atol: float = _common.DEFAULT_ATOL,
     trusted: bool = False,
     layouts: Mapping[str, str] | None = None,
+    op_handlers: Mapping[str, OpHandler] | None = None,
 ) -> onnx.ModelProto:
     """Convert a Keras model, a Keras file, a SavedModel directory or a ``tf.function`` to ONNX.
 
@@ -87,12 +96,16 @@ def from_keras(
         rtol: relative tolerance of the validation (fp32 default 1e-4).
         atol: absolute tolerance of the validation (default 1e-5).
         trusted: load a ``.keras`` / ``.h5`` file with Keras ``safe_mode`` **off**, which runs any
-            Python code stored in it (``Lambda`` layers), and load a SavedModel even if its graphs
-            hold ops that read/write files or call Python (loading runs its initializers). Only for
-            files you produced yourself. Without it such files are refused before they are loaded.
+            Python code stored in it (``Lambda`` layers), and load or run a SavedModel, model or
+            ``tf.function`` even if its graphs hold ops that read/write files, reach the network or
+            call Python (loading runs a SavedModel's initializers). Only for files and code you
+            produced yourself. Without it such sources are refused before anything runs.
         layouts: ``{tensor: "NHWC" | "NCHW"}`` overrides/additions for rank-4 inputs/outputs. Keras
             sources record channels_last → NHWC / channels_first → NCHW by themselves;
             SavedModels and ``tf.function`` s record nothing unless told here.
+        op_handlers: ``{TensorFlow op type: handler}`` for ops tf2onnx has no handler for, passed to
+            tf2onnx as ``custom_op_handlers`` (``handler(ctx, node, name, args)`` rewrites ``node`` in
+            tf2onnx's graph ``ctx`` into ONNX ops). ``Erfc`` (Keras's exact ``gelu``) is built in.
 
     Returns:
         A new self-contained ``onnx.ModelProto``: clean input/output names (Keras input layer names or
@@ -105,13 +118,15 @@ def from_keras(
 
     Raises:
         MissingDependencyError: tensorflow, keras or tf2onnx is not installed (extra ``keras``).
-        UnsafeModelError: a Keras file would run stored Python code (``Lambda``), or a SavedModel holds
-            file-system / Python-callback ops, and ``trusted`` is off.
+        UnsafeModelError: a Keras file would run stored Python code (``Lambda``), or a SavedModel,
+            model or tf.function holds file-system / network / Python-callback ops, and ``trusted``
+            is off.
         ModelFileError: a path that is no Keras file or SavedModel, or one that cannot be read.
         InputError: an unsupported ``model_or_path`` type or an ``input_signature`` that does not fit.
         VersionError: ``opset`` outside 9..18.
         UnsupportedOpsError: TensorFlow ops tf2onnx cannot express in ONNX (all of them, with nodes).
-        ConversionError: tracing or conversion failed, or the result is not a valid ONNX model.
+        ConversionError: tracing or conversion failed, the converted graph's inputs are not exactly
+            the model's inputs, or the result is not a valid ONNX model.
         ValidationError: the ONNX model's outputs differ from the native model's (per-output table).
     """
     tf = _common.require("tensorflow", package="tensorflow", extra="keras", purpose=_PURPOSE)
@@ -119,9 +134,11 @@ def from_keras(
     target = _check_opset(opset)
     traced = _resolve(model_or_path, input_signature, tf=tf, trusted=trusted)
     trace(traced)
+    refuse_unsafe_graph(traced, trusted=trusted)
     with _restored_env("TF_CPP_MIN_LOG_LEVEL"):
-        raw = _run_tf2onnx(traced, target)
-    model = _clean(raw, traced, layouts)
+        _common.require("tf2onnx.convert", package="tf2onnx", extra="keras", purpose=_PURPOSE)
+        raw = run_tf2onnx(traced, target, op_handlers=op_handlers)
+    model = _clean(raw, traced, layouts, opset=target)
     if validate:
         report = _common.validate(model, traced.reference, what=traced.what, rtol=rtol, atol=atol)
         _unclaim_batch(model, report)
@@ -189,22 +206,6 @@ def _restored_env(name: str) -> Iterator[None]:
             os.environ[name] = before
 
 
-def _run_tf2onnx(traced: Traced, opset: int) -> onnx.ModelProto:
-    convert = _common.require("tf2onnx.convert", package="tf2onnx", extra="keras", purpose=_PURPOSE)
-    try:
-        proto, _ = convert.from_function(traced.function, input_signature=traced.specs, opset=opset)
-    except StitchError:
-        raise
-    except Exception as exc:
-        raise ConversionError(
-            f"{traced.what}: tf2onnx failed: {type(exc).__name__}: {exc}",
-            hint="try another opset, or simplify the model's unusual ops",
-        ) from exc
-    if not isinstance(proto, onnx.ModelProto):
-        raise ConversionError(f"{traced.what}: tf2onnx returned no model")
-    return proto
-
-
 def unsupported_ops(model: onnx.ModelProto) -> dict[str, list[str]]:
     """``{op_type: [node names]}`` of nodes (also in subgraphs) that are not standard ONNX ops.
 
@@ -232,7 +233,9 @@ def _is_standard(op_type: str, domain: str, version: int | None) -> bool:
     return True
 
 
-def _clean(raw: onnx.ModelProto, traced: Traced, layouts: Mapping[str, str] | None) -> onnx.ModelProto:
+def _clean(
+    raw: onnx.ModelProto, traced: Traced, layouts: Mapping[str, str] | None, *, opset: int
+) -> onnx.ModelProto:
     """Refuse unsupported ops; names, dims, metadata; full check. ``raw`` is ours to edit."""
     bad = unsupported_ops(raw)
     if bad:
@@ -241,8 +244,7 @@ def _clean(raw: onnx.ModelProto, traced: Traced, layouts: Mapping[str, str] | No
             f"{traced.what}: tf2onnx could not convert {sum(map(len, bad.values()))} node(s) of "
             f"{len(bad)} TensorFlow op type(s) to ONNX: {listing}",
             ops=bad,
-            hint="move these ops out of the model (e.g. file/string handling into preprocessing) or "
-            "replace them with ops ONNX supports",
+            hint=unsupported_op_hint(bad, opset=opset, max_opset=MAX_OPSET),
         )
     _rename_ends(raw, traced)
     _common.unify_batch_dim(raw)

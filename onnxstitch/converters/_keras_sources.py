@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxstitch.converters._tf_ops import op_family, scan_graph_def, scan_saved_model
 from onnxstitch.errors import ConversionError, InputError, ModelFileError, UnsafeModelError
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class Traced:
         image_layout: the layout ("NHWC" | "NCHW") of every rank-4 input/output, when the source
             says (Keras ``data_format``); ``None`` when it does not (graphs, tf.functions).
         what: a label of the source for messages.
+        trackable: the object owning the function's variables and lookup tables (the Keras model,
+            the loaded SavedModel, the tf.function), where tf2onnx looks for tables to export.
     """
 
     function: Any
@@ -57,6 +60,7 @@ class Traced:
     reference: Callable[..., list[np.ndarray[Any, Any]]]
     image_layout: str | None = None
     what: str = "model"
+    trackable: Any = None
 
 
 def safe_in(i: int) -> str:
@@ -461,6 +465,7 @@ def trace_keras_model(model: Any, signature: Signature | None, tf: Any) -> Trace
 
     traced = make_traced(forward, specs, names, keras_default_outputs(model), tf, what=what)
     traced.image_layout = keras_image_layout(model)
+    traced.trackable = model
     return traced
 
 
@@ -504,78 +509,47 @@ def trace_tf_function(function: Any, signature: Signature | None, tf: Any) -> Tr
     def forward(args: list[Any]) -> Any:
         return function(*args)
 
-    return make_traced(forward, specs, names, ["output"], tf, what=what)
+    traced = make_traced(forward, specs, names, ["output"], tf, what=what)
+    traced.trackable = function
+    return traced
 
 
-# TensorFlow ops that touch the file system or call back into Python. A serving graph never needs
-# them; table initializers and restore functions run at *load* time, so a SavedModel that holds any
-# of them is refused before TensorFlow loads it (the checkpoint ops SaveV2/RestoreV2 are in every
-# SavedModel and are not listed).
-UNSAFE_TF_OPS = frozenset(
-    {
-        "ReadFile",
-        "WriteFile",
-        "MatchingFiles",
-        "ImmutableConst",
-        "PrintV2",
-        "WholeFileReader",
-        "WholeFileReaderV2",
-        "TextLineReader",
-        "TextLineReaderV2",
-        "FixedLengthRecordReader",
-        "FixedLengthRecordReaderV2",
-        "TFRecordReader",
-        "TFRecordReaderV2",
-        "TextLineDataset",
-        "TFRecordDataset",
-        "TFRecordDatasetV2",
-        "FixedLengthRecordDataset",
-        "FixedLengthRecordDatasetV2",
-        "DatasetToTFRecord",
-        "CreateSummaryFileWriter",
-        "CreateSummaryDbWriter",
-        "SummaryWriter",
-        "PyFunc",
-        "PyFuncStateless",
-        "EagerPyFunc",
-    }
-)
+def unsafe_listing(found: Mapping[str, Sequence[str]]) -> str:
+    """``"ReadFile (reads files; at fn/ReadFile); ..."``: each denied op, what it can do, where."""
+    return "; ".join(
+        f"{op} ({op_family(op) or 'touches files'}; at {', '.join(where)})"
+        for op, where in sorted(found.items())
+    )
 
 
-def scan_saved_model(path: Path) -> dict[str, list[str]]:
-    """``{op type: [function/node]}`` of :data:`UNSAFE_TF_OPS` in a SavedModel, read without loading it.
+def refuse_unsafe_graph(traced: Traced, *, trusted: bool) -> None:
+    """Refuse a traced function whose graph can touch files, the network or Python (unless trusted).
+
+    Called after tracing (which runs only the caller's own Python) and before anything runs the graph
+    (validation calls the model; tf2onnx folds constants).
 
     Raises:
-        ModelFileError: ``saved_model.pb`` is not a readable SavedModel protobuf.
+        UnsafeModelError: denied ops were found and ``trusted`` is off.
     """
-    from google.protobuf import message, text_format
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    try:
-        binary = path / "saved_model.pb"
-        if binary.is_file():
-            proto.ParseFromString(binary.read_bytes())
-        else:
-            text_format.Parse((path / "saved_model.pbtxt").read_text(), proto)
-    except (OSError, UnicodeDecodeError, message.DecodeError, text_format.ParseError) as exc:
-        raise ModelFileError(f"SavedModel {str(path)!r}: saved_model.pb is not readable: {exc}") from exc
-    found: dict[str, list[str]] = {}
-    for meta in proto.meta_graphs:
-        nodes = [("graph", n) for n in meta.graph_def.node]
-        for fn in meta.graph_def.library.function:
-            nodes += [(fn.signature.name, n) for n in fn.node_def]
-        for where, node in nodes:
-            if node.op in UNSAFE_TF_OPS:
-                found.setdefault(node.op, []).append(f"{where}/{node.name}")
-    return found
+    if trusted:
+        return
+    concrete = traced.function.get_concrete_function(*traced.specs)
+    found = scan_graph_def(concrete.graph.as_graph_def())
+    if found:
+        raise UnsafeModelError(
+            f"{traced.what} holds TensorFlow ops that can touch files, the network or Python: "
+            f"{unsafe_listing(found)}; it was not run",
+            hint="keep file, network and Python-callback work out of the model (preprocessing), or pass "
+            "trusted=True if you wrote this code yourself",
+        )
 
 
 def trace_saved_model(path: Path, signature: Signature | None, tf: Any, *, trusted: bool = False) -> Traced:
     """A :class:`Traced` for a SavedModel directory's serving signature.
 
-    Unless ``trusted``, a SavedModel holding file-system or Python-callback ops (:data:`UNSAFE_TF_OPS`)
-    is refused before TensorFlow loads it (loading runs initializer functions).
+    Unless ``trusted``, a SavedModel holding ops that can read or write files, reach the network or
+    call Python (:data:`~onnxstitch.converters._tf_ops.UNSAFE_TF_OPS`) is refused before TensorFlow
+    loads it (loading runs initializer functions).
 
     Raises:
         UnsafeModelError: such ops were found and ``trusted`` is off.
@@ -585,10 +559,10 @@ def trace_saved_model(path: Path, signature: Signature | None, tf: Any, *, trust
     if not trusted:
         unsafe = scan_saved_model(path)
         if unsafe:
-            listing = "; ".join(f"{op} ({', '.join(where)})" for op, where in sorted(unsafe.items()))
             raise UnsafeModelError(
-                f"{what} holds TensorFlow ops that read/write files or call Python: {listing}; "
-                "loading or running it could touch files outside the model, so it was not loaded",
+                f"{what} holds TensorFlow ops that can touch files, the network or Python: "
+                f"{unsafe_listing(unsafe)}; loading or running it could act outside the model, so it was "
+                "not loaded",
                 hint="convert a trusted model from code (build it in Python and pass the object), or pass "
                 "trusted=True if you produced this SavedModel yourself",
             )
@@ -622,4 +596,6 @@ def trace_saved_model(path: Path, signature: Signature | None, tf: Any, *, trust
         _ = loaded  # keep the loaded object (and its variables) alive with the function
         return concrete(**dict(zip(arg_names, args, strict=True)))
 
-    return make_traced(forward, specs, dedupe(names), ["output"], tf, what=what)
+    traced = make_traced(forward, specs, dedupe(names), ["output"], tf, what=what)
+    traced.trackable = loaded
+    return traced

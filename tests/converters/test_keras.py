@@ -510,9 +510,15 @@ def test_tf2onnx_alone_reports_success_on_unsupported_ops(file_reader: Any) -> N
         onnx.checker.check_model(raw, full_check=True)
 
 
+def test_file_reading_tf_function_refused_before_it_runs(file_reader: Any, tmp_path: Path) -> None:
+    with pytest.raises(UnsafeModelError) as info:
+        from_keras(file_reader)
+    assert "ReadFile (reads files; at " in str(info.value) and "trusted=True" in str(info.value)
+
+
 def test_unsupported_ops_fail_listing_every_op_and_node(file_reader: Any) -> None:
     with pytest.raises(UnsupportedOpsError) as info:
-        from_keras(file_reader)
+        from_keras(file_reader, trusted=True)
     err = info.value
     assert set(err.ops) == {"ReadFile", "StringLength"}
     assert all(nodes for nodes in err.ops.values())
