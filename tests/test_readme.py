@@ -204,19 +204,87 @@ def test_make_targets_run_the_documented_commands() -> None:
         assert demo.index("torch==2.13.0") < demo.index("-e '.[dev]'") < demo.index("onnxstitch demo")
 
 
+_RUNS: dict[Path, subprocess.CompletedProcess[str]] = {}
+_HEADER = re.compile(r"^--- (\S+) \[\w* ([\w-]+)\]$")
+GPU_DOCS = [d for d in DOCS if any(b.marker == "gpu" for b in parse_blocks(d.read_text(encoding="utf-8")))]
+
+
+def _document_run(doc: Path, folder: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``doc`` once per session (the GPU test reads the same run)."""
+    if doc not in _RUNS:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        _RUNS[doc] = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), str(doc)],
+            cwd=folder,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    return _RUNS[doc]
+
+
+def block_outcomes(stdout: str) -> dict[str, tuple[str, str]]:
+    """``{doc:line: (marker, "ok" | "skipped")}`` from the runner's output (a block's own output
+    lies between its header line and its status line)."""
+    outcomes: dict[str, tuple[str, str]] = {}
+    current: tuple[str, str] | None = None
+    for line in stdout.splitlines():
+        if header := _HEADER.match(line):
+            current = (header.group(1), header.group(2))
+        elif current and line.startswith(("    ok in ", "    skipped: ")):
+            outcomes[current[0]] = (current[1], line.split()[0].rstrip(":"))
+            current = None
+    return outcomes
+
+
+def outcome_problems(doc: Path, stdout: str, *, cuda: bool) -> list[str]:
+    """What is wrong with a run of ``doc``: a block that did not run, or a gpu block that ran
+    (or was skipped) against what this machine offers. Skipped gpu blocks never count as run."""
+    outcomes = block_outcomes(stdout)
+    problems = []
+    for block in parse_blocks(doc.read_text(encoding="utf-8")):
+        where = f"{doc.name}:{block.line}"
+        marker, outcome = outcomes.get(where, (block.marker, "missing"))
+        wanted = "skipped" if block.marker == "gpu" and not cuda else "ok"
+        if outcome != wanted:
+            problems.append(f"{where} ({marker}): {outcome}, expected {wanted} (CUDA here: {cuda})")
+    return problems
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS, ids=_doc_id)
 def test_document_runs(doc: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), str(doc)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    proc = _document_run(doc, tmp_path)
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    ran = proc.stdout.count("    ok in ") + proc.stdout.count("    skipped: ")
-    assert ran == len(parse_blocks(doc.read_text(encoding="utf-8")))
+    # gpu blocks skipped for want of CUDA are reported by test_gpu_blocks_run as skips
+    assert outcome_problems(doc, proc.stdout, cuda=_has_cuda()) == []
+
+
+def test_a_skipped_gpu_block_does_not_count_as_run() -> None:
+    doc = next(iter(GPU_DOCS))
+    blocks = parse_blocks(doc.read_text(encoding="utf-8"))
+    skipped = "".join(
+        f"--- {doc.name}:{b.line} [{b.lang} {b.marker}]\nprinted output\n"
+        + ("    skipped: no CUDA here\n" if b.marker == "gpu" else "    ok in 0.1 s\n")
+        for b in blocks
+    )
+    assert outcome_problems(doc, skipped, cuda=False) == []
+    problems = outcome_problems(doc, skipped, cuda=True)
+    assert len(problems) == sum(b.marker == "gpu" for b in blocks) > 0
+    truncated = skipped.rsplit("---", 1)[0]  # the last block never reported
+    assert any("missing" in p for p in outcome_problems(doc, truncated, cuda=False))
+
+
+@pytest.mark.slow
+@pytest.mark.gpu
+@pytest.mark.parametrize("doc", GPU_DOCS, ids=_doc_id)
+def test_gpu_blocks_run(doc: Path, tmp_path: Path) -> None:
+    gpu = [b for b in parse_blocks(doc.read_text(encoding="utf-8")) if b.marker == "gpu"]
+    if not _has_cuda():
+        pytest.skip(f"{len(gpu)} gpu block(s) of {_doc_id(doc)} not run: onnxruntime offers no CUDA here")
+    proc = _document_run(doc, tmp_path)
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    outcomes = block_outcomes(proc.stdout)
+    assert [outcomes.get(f"{doc.name}:{b.line}") for b in gpu] == [("gpu", "ok")] * len(gpu)

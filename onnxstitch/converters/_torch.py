@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 
 from onnxstitch.converters import _common
+from onnxstitch.converters._triton_guard import no_triton_beside_tensorflow
 from onnxstitch.errors import ConversionError, ModelFileError, UnsafeModelError
 
 __all__ = ["from_torch"]
@@ -103,6 +104,7 @@ class _Source:
     graph_name: str = "torch"  # the module class or the .pt2 file's stem
 
 
+@no_triton_beside_tensorflow()  # torch.export imports torch._dynamo, which probes for triton
 def from_torch(
     module_or_path: Any,
     example_inputs: Any = None,

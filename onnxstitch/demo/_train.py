@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxstitch.converters._triton_guard import no_triton_beside_tensorflow
 from onnxstitch.demo._data import Digits
 from onnxstitch.errors import MissingDependencyError
 
@@ -132,6 +133,13 @@ def _keras_fit(keras: Any, model: Any, x: np.ndarray, y: np.ndarray, epochs: int
 
 
 def _torch_fit(
+    torch: Any, model: Any, x: np.ndarray, y: np.ndarray, epochs: int, on_epoch: EpochCallback | None
+) -> None:
+    with no_triton_beside_tensorflow():  # torch.optim imports torch._dynamo, which probes for triton
+        _torch_epochs(torch, model, x, y, epochs, on_epoch)
+
+
+def _torch_epochs(
     torch: Any, model: Any, x: np.ndarray, y: np.ndarray, epochs: int, on_epoch: EpochCallback | None
 ) -> None:
     xt = torch.from_numpy(np.ascontiguousarray(x))

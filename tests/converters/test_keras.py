@@ -561,8 +561,12 @@ def test_validate_false_skips_check(noisy: Any) -> None:
 
 
 def test_tolerances_are_used(noisy: Any) -> None:
-    from_keras(noisy, atol=100.0)  # standard normal noise is far below 100
-    from_keras(noisy, rtol=1e9, atol=1e-3)
+    with pytest.raises(ValidationError):
+        from_keras(noisy)  # the default tolerances fail on this model ...
+    from_keras(noisy, atol=100.0)  # ... a loose atol passes: standard normal noise is far below 100
+    with pytest.raises(ValidationError):
+        from_keras(noisy, rtol=0.0, atol=1e-3)
+    from_keras(noisy, rtol=1e9, atol=1e-3)  # ... and so does a loose rtol with the same atol
 
 
 # ------------------------------------------------------------------------------- environment
