@@ -82,6 +82,10 @@ def render(summary: dict[str, Any]) -> list[Any]:
     lines.append(f"op types   {top or '-'}")
     if "session" in summary:
         lines.append(f"sandbox    onnxruntime session created ({', '.join(summary['session']['providers'])})")
+    batch = summary.get("batching")
+    if batch:
+        state = f"on along {batch['dim']!r}" if batch["dim"] else "off"
+        lines.append(f"batching   {state}: {batch['reason']}")
     lines.append(_signature_table(summary))
     if summary["parts"]:
         lines.append(_parts_table(summary["parts"]))

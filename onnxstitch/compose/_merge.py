@@ -18,6 +18,7 @@ from typing import Any
 import onnx
 
 from onnxstitch import _meta
+from onnxstitch.compose import _dims
 from onnxstitch.compose._graph import GraphBuilder
 from onnxstitch.compose._seams import SeamChecker, SeamResult
 from onnxstitch.compose._spec import Link, Plan, check_keys, graph_inputs, resolve
@@ -283,7 +284,15 @@ def _name_dims(parts: Mapping[str, Part], plan: Plan, seams: SeamResult) -> None
             for dim in vi.type.tensor_type.shape.dim:
                 if dim.WhichOneof("value") == "dim_param" and dim.dim_param:
                     seams.dims.find(("sym", key, dim.dim_param))
+    for key, part in parts.items():  # symbols flow through each part, not only across seams
+        _dims.link_through_part(seams.dims, key, part.model, part.weights)
     seams.dims.name_classes(preferred)
+    models = {k: p.model for k, p in parts.items()}
+    _dims.name_proven_batch(
+        seams.dims,
+        _dims.interface_dim0(models, [ends[0] for ends in plan.merged_inputs.values()], "in"),
+        _dims.interface_dim0(models, plan.merged_outputs.values(), "out"),
+    )
 
 
 def _record_spec(

@@ -20,9 +20,10 @@ Names:
 Symbolic dims:
     ``rename_dims(model, mapping) -> model``  rename symbols (also inside expressions like ``2*s0``)
         in graph inputs, outputs and value_info.
-    ``unify_batch_dim(model, symbol="batch") -> model``  dim 0 of every graph input that is dynamic
-        becomes ``symbol`` (the old symbols are renamed everywhere); dim 0 of an output that is
-        dynamic and not already a symbol of some input's other axes becomes ``symbol`` too.
+    ``unify_batch_dim(model, symbol="batch", *, inputs=None) -> model``  dim 0 of every graph input
+        (or of the listed ``inputs``) that is dynamic becomes ``symbol`` (the old symbols are renamed
+        everywhere); dim 0 of an output that is dynamic and not already a symbol of some input's
+        other axes becomes ``symbol`` too.
 
 Metadata:
     ``set_producer(model, source) -> model``  ``onnxstitch.source`` = source, producer name/version.
@@ -47,7 +48,7 @@ import importlib
 import logging
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -203,8 +204,13 @@ def _set_symbol(dim: onnx.TensorShapeProto.Dimension, symbol: str) -> None:
     dim.dim_param = symbol
 
 
-def unify_batch_dim(model: onnx.ModelProto, symbol: str = "batch") -> onnx.ModelProto:
+def unify_batch_dim(
+    model: onnx.ModelProto, symbol: str = "batch", *, inputs: Collection[str] | None = None
+) -> onnx.ModelProto:
     """Give dim 0 of every dynamic graph input and output one symbol (in place); return ``model``.
+
+    ``inputs``: only these graph inputs take part (those proven batch-major, see
+    ``converters._batch``); default: all of them.
 
     Inputs: a dynamic dim 0 (a symbol or unknown) becomes ``symbol``; each old symbol is renamed
     to ``symbol`` everywhere (inputs, outputs, value_info, inside expressions), so an output that
@@ -212,17 +218,18 @@ def unify_batch_dim(model: onnx.ModelProto, symbol: str = "batch") -> onnx.Model
     symbol no input uses (tf2onnx's unlinked ``unk__19``), becomes ``symbol``; a dim 0 that is a
     symbol of another input axis (e.g. ``seq``) is left alone, and a static dim 0 is never touched.
     """
-    inputs = _graph_inputs(model)
+    all_inputs = _graph_inputs(model)
+    chosen = [v for v in all_inputs if inputs is None or v.name in inputs]
     old: dict[str, str] = {}
-    for v in inputs:
+    for v in chosen:
         dims = v.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             if dims[0].dim_param and dims[0].dim_param != symbol:
                 old[dims[0].dim_param] = symbol
             _set_symbol(dims[0], symbol)
     rename_dims(model, old)
-    input_symbols = {d for v in inputs for d in value_dims(v) if isinstance(d, str)}
-    if not any(isinstance(value_dims(v)[0], str) for v in inputs if value_dims(v)):
+    input_symbols = {d for v in all_inputs for d in value_dims(v) if isinstance(d, str)}
+    if not any(isinstance(value_dims(v)[0], str) for v in chosen if value_dims(v)):
         return model  # no input has a dynamic batch: outputs have nothing to be tied to
     for v in model.graph.output:
         dims = v.type.tensor_type.shape.dim

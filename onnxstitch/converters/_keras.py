@@ -32,7 +32,7 @@ from typing import Any
 import onnx
 
 from onnxstitch._graphs import tensor_names, walk_graphs
-from onnxstitch.converters import _common
+from onnxstitch.converters import _batch, _common
 from onnxstitch.converters._keras_sources import (
     KERAS_FILE_SUFFIXES,
     Signature,
@@ -247,7 +247,12 @@ def _clean(
             hint=unsupported_op_hint(bad, opset=opset, max_opset=MAX_OPSET),
         )
     _rename_ends(raw, traced)
-    _common.unify_batch_dim(raw)
+    proof = _batch.prove_onnx(raw, what=traced.what)  # tf2onnx leaves the inputs' dim 0 unlinked
+    inits = {t.name for t in raw.graph.initializer}
+    names = [v.name for v in raw.graph.input if v.name not in inits]
+    _common.unify_batch_dim(raw, inputs=None if proof is None else [names[i] for i in proof.inputs])
+    if proof is not None:
+        _batch.apply_proof(raw, proof)
     _stable_dims(raw)
     _common.set_producer(raw, "keras")
     _common.record_layouts(raw, _layouts_for(raw, traced, layouts))

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxstitch.converters import _common
+from onnxstitch.converters import _batch, _common
 from onnxstitch.converters._triton_guard import no_triton_beside_tensorflow
 from onnxstitch.errors import ConversionError, ModelFileError, UnsafeModelError
 
@@ -167,10 +167,15 @@ def from_torch(
         names = _check_names(list(input_names), len(names), what="input_names", label=source.label)
     dims = _dynamic_spec(source, args, kwargs, names, dynamic_dims)
     _check_runs(torch, source, args, kwargs)
+    proof = _batch_proof(torch, source, args, kwargs) if dynamic_dims is None else None
+    if proof is not None:
+        dims = _batch.split_unproven(dims, names, proof)
     model, traced = _export(torch, source, args, kwargs, names, dims, opset)
     model = _clean_up(model, source, names, output_names, dims)
     if traced:
         _tie_traced_outputs(model, source)
+    if proof is not None:
+        _batch.apply_proof(model, proof)
     model.graph.name = source.graph_name
     detected = _detect_layouts(model)
     _common.record_layouts(model, {**detected, **dict(layouts or {})})
@@ -630,6 +635,21 @@ def _symbol_mapping(
             "them static (leave them out of dynamic_dims)",
         )
     return mapping
+
+
+def _batch_proof(
+    torch: Any, source: _Source, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> _batch.BatchProof | None:
+    """Which inputs' dim 0 is the batch, from runs of the module (see ``converters._batch``)."""
+    tensors = [*args, *kwargs.values()]
+    if source.is_program or any(t.device.type != "cpu" for t in tensors):
+        return None  # a program's dims are fixed; a module on an accelerator is not moved for this
+    try:
+        examples = _batch.as_numpy(tensors)
+    except (TypeError, RuntimeError):  # e.g. bfloat16 has no numpy dtype
+        return None
+    reference = _reference(torch, source, args, kwargs)
+    return _batch.prove_batch(lambda arrays: reference(*arrays), examples, what=source.label)
 
 
 def _tie_traced_outputs(model: onnx.ModelProto, source: _Source) -> None:

@@ -16,6 +16,10 @@ next to ``inspect``, and pinned by ``tests/files``):
     ``[{"name", "dtype", "shape", "layout"}]``; ``dtype`` a NumPy name (``"float32"``) or the ONNX
     type (``"sequence"``...), ``shape`` a list of ints (static), strings (symbolic) and ``None``
     (unknown), ``layout`` ``"NHWC"``/``"NCHW"``/``None``.
+``batching``
+    ``{"dim", "reason"}``: the batch symbol a server may batch along (dim 0 of every input and
+    output, e.g. ``"batch"``) or ``None``, and why (``deploy triton`` turns dynamic batching on
+    exactly when ``dim`` is set).
 ``nodes``, ``op_types``
     the node count of the main graph and ``{op_type: count}`` (sorted by count, then name).
 ``parameters``, ``parameter_bytes``
@@ -44,6 +48,7 @@ import onnx
 from onnx import helper
 
 from onnxstitch import _meta
+from onnxstitch._batching import batching
 from onnxstitch._graphs import walk_graphs
 
 __all__ = ["SHARED", "UNASSIGNED", "describe", "describe_file"]
@@ -158,14 +163,18 @@ def describe(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None = No
             sizes[sparse.values.name] = (count, _tensor_size(sparse.values)[1])
     initializer_names = set(sizes)
     props = _meta.get_props(model)
+    inputs = [_value_info(v, layouts) for v in model.graph.input if v.name not in initializer_names]
+    outputs = [_value_info(v, layouts) for v in model.graph.output]
+    verdict = batching([(v["name"], v["shape"]) for v in inputs], [(v["name"], v["shape"]) for v in outputs])
     return {
         "file": _file_info(path) if path is not None else None,
         "ir_version": int(model.ir_version),
         "opsets": {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import},
         "producer": {"name": model.producer_name, "version": model.producer_version},
         "source": _meta.get_source(model),
-        "inputs": [_value_info(v, layouts) for v in model.graph.input if v.name not in initializer_names],
-        "outputs": [_value_info(v, layouts) for v in model.graph.output],
+        "inputs": inputs,
+        "outputs": outputs,
+        "batching": {"dim": verdict.dim, "reason": verdict.reason},
         "nodes": len(model.graph.node),
         "op_types": _sorted_counts(Counter(n.op_type for n in model.graph.node)),
         "parameters": sum(c for c, _ in sizes.values()),

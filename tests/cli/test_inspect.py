@@ -84,8 +84,8 @@ def test_json_output_has_stable_keys(app: typer.Typer, model_path: Path) -> None
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert list(data) == [
-        "file", "ir_version", "opsets", "producer", "source", "inputs", "outputs", "nodes", "op_types",
-        "parameters", "parameter_bytes", "layouts", "parts", "metadata",
+        "file", "ir_version", "opsets", "producer", "source", "inputs", "outputs", "batching", "nodes",
+        "op_types", "parameters", "parameter_bytes", "layouts", "parts", "metadata",
     ]  # fmt: skip
     assert data["inputs"] == [
         {"name": "image", "dtype": "float32", "shape": ["batch", 3, 8, 8], "layout": "NCHW"}

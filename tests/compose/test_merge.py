@@ -296,7 +296,8 @@ def test_conversion_does_not_invent_dim_names():
         m (float[batch, ?] x) => (float[batch, ?] y) { y = Neg(x) }"""
     )
     merged = ox.chain({"a": anon, "b": linear("b", 4, 2, 1, opset=20)})
-    assert dims(merged.graph.input[0]) == ["batch", None]  # unknown stays unknown (not a made-up name)
+    # not a made-up name: the unknown dim flows through Neg to the seam, which binds it to 4
+    assert dims(merged.graph.input[0]) == ["batch", 4]
     assert dims(next(vi for vi in merged.graph.value_info if vi.name == "a/y")) == ["batch", 4]  # seam-bound
     text = onnx.printer.to_text(merged)
     assert "unk__" not in text

@@ -80,7 +80,7 @@ def test_max_batch_size_zero_turns_batching_off(batched: onnx.ModelProto):
 
 
 def test_batching_refused_without_shared_batch_dim(unbatched: onnx.ModelProto):
-    with pytest.raises(DeployError, match=r"shared batch symbol.*x: 4"):
+    with pytest.raises(DeployError, match=r"shared batch symbol.*input 'x' has the static dim 0 4"):
         triton_config(unbatched, name="m", max_batch_size=8)
 
 

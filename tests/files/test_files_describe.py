@@ -14,8 +14,8 @@ from onnxstitch import _meta, files
 from onnxstitch.files.describe import SHARED, UNASSIGNED, describe, describe_file
 
 KEYS = [
-    "file", "ir_version", "opsets", "producer", "source", "inputs", "outputs", "nodes", "op_types",
-    "parameters", "parameter_bytes", "layouts", "parts", "metadata",
+    "file", "ir_version", "opsets", "producer", "source", "inputs", "outputs", "batching", "nodes",
+    "op_types", "parameters", "parameter_bytes", "layouts", "parts", "metadata",
 ]  # fmt: skip
 
 

@@ -7,8 +7,9 @@ Layout (the format Triton and KServe's Triton runtime read)::
 
 The config is generated from the model's signature: every input and output with its ``TYPE_*`` and
 dims. When dim 0 of every input and output is one shared symbol (the ``batch`` dim onnxstitch's
-converters and composer keep), ``max_batch_size`` is set, the batch dim is left out of ``dims`` and
-dynamic batching is on; other symbolic dims are ``-1``.
+converters and composer give only to a dim the model shows to be the batch), ``max_batch_size`` is
+set, the batch dim is left out of ``dims`` and dynamic batching is on; other symbolic dims are
+``-1``. Otherwise batching is off (``onnxstitch inspect`` says why).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import onnx
 
+from onnxstitch._batching import batching
 from onnxstitch.errors import DeployError
 from onnxstitch.files import ModelLike, as_model, save
 
@@ -166,16 +168,6 @@ def model_signature(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[Tens
     return [s for s in inputs if s], [s for s in outputs if s]
 
 
-def _batch_symbol(specs: list[TensorSpec]) -> str | None:
-    """The symbol shared by dim 0 of every tensor, or None."""
-    firsts = {s.shape[0] if s.shape else None for s in specs}
-    if len(firsts) == 1:
-        (first,) = firsts
-        if isinstance(first, str):
-            return first
-    return None
-
-
 def _tensor_block(spec: TensorSpec, batched: bool) -> str:
     dims = list(spec.shape[1:] if batched else spec.shape)
     dims_text = ", ".join("-1" if not isinstance(d, int) else str(d) for d in dims)
@@ -226,17 +218,19 @@ def triton_config(
         raise DeployError(f"instances must be at least 1, got {instances}")
     proto = as_model(model)
     inputs, outputs = model_signature(proto)
-    symbol = _batch_symbol(inputs + outputs)
+    verdict = batching([(s.name, s.shape) for s in inputs], [(s.name, s.shape) for s in outputs])
     if max_batch_size is None:
-        max_batch_size = DEFAULT_MAX_BATCH_SIZE if symbol else 0
+        max_batch_size = DEFAULT_MAX_BATCH_SIZE if verdict else 0
+        if not verdict:
+            logger.info("%s: dynamic batching off: %s", name, verdict.reason)
     if max_batch_size < 0:
         raise DeployError(f"max_batch_size must be >= 0, got {max_batch_size}")
-    if max_batch_size > 0 and symbol is None:
-        dims0 = ", ".join(f"{s.name}: {s.shape[0] if s.shape else 'scalar'}" for s in inputs + outputs)
+    if max_batch_size > 0 and not verdict:
         raise DeployError(
             f"max_batch_size={max_batch_size} needs dim 0 of every input and output to be one shared "
-            f"batch symbol; the model has {dims0}",
-            hint="deploy with max_batch_size=0, or export the parts with a dynamic 'batch' dim 0",
+            f"batch symbol; {verdict.reason}",
+            hint="deploy with max_batch_size=0, or export the parts with a dynamic 'batch' dim 0 that "
+            "reaches the outputs",
         )
     batched = max_batch_size > 0
     kind = "KIND_GPU" if device == "gpu" else "KIND_CPU"
