@@ -8,12 +8,12 @@ input name. Identical initializers (same dtype, dims and bytes) are stored once.
 
 from __future__ import annotations
 
+import graphlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import onnx
 import onnx.helper
@@ -22,14 +22,15 @@ from onnxstitch import _meta
 from onnxstitch.compose._seams import Adapter, DimUnifier, dim_node
 from onnxstitch.compose._spec import Plan, graph_inputs
 from onnxstitch.compose._versions import Part
-from onnxstitch.compose._weights import inline_copy, is_external, read_external
+from onnxstitch.compose._weights import inline_copy, payload, sample_of, stored_digest, stored_sample
+from onnxstitch.files.external import ExternalStore, read_ref
 
 log = logging.getLogger(__name__)
 
 ADAPTER_SUFFIX = ".adapter"
 
-
-_SAMPLE = 1 << 16
+#: a model-local function's identity: (domain, name, overload)
+FuncId = tuple[str, str, str]
 
 
 @dataclass
@@ -44,31 +45,34 @@ class _Weights:
     """Initializers of the merged graph, deduplicated by (dtype, dims, bytes).
 
     Candidates are bucketed by dtype and dims and first compared by a cheap sample digest (length,
-    first and last 64 KiB); the full sha256 is computed only when the samples match.
+    first and last 64 KiB); the full sha256 is computed only when the samples match. A tensor still on
+    disk (``store``) is read through the hardened reader: into the merged graph, or — with
+    ``stream`` — not at all: its marked stub is stored, and the bytes are copied file to file on save.
     """
 
     graph: onnx.GraphProto
+    store: ExternalStore
+    stream: bool = False
     buckets: dict[tuple[int, tuple[int, ...]], list[_Stored]] = field(default_factory=dict)
     shared: int = 0
 
-    def add(
-        self, tensor: onnx.TensorProto, name: str, key: str, folder: Path | None, *, dedupe: bool = True
-    ) -> str:
-        """Store ``tensor`` as ``name`` unless an identical one is stored; return the stored name.
-
-        External data is read from the part's own ``folder`` and stored inline.
-        """
-        data = read_external(key, tensor, folder) if is_external(tensor) else None
-        payload = data if data is not None else _payload(tensor)
-        sample = _sample(payload)
+    def add(self, tensor: onnx.TensorProto, name: str, *, dedupe: bool = True) -> str:
+        """Store ``tensor`` as ``name`` unless an identical one is stored; return the stored name."""
+        ref = self.store.ref_of(tensor)
+        data = read_ref(ref) if ref is not None and not self.stream else None
+        value = data if data is not None else (payload(tensor) if ref is None else None)
+        sample = sample_of(value) if value is not None else stored_sample(tensor, self.store)
         bucket = self.buckets.setdefault((tensor.data_type, tuple(tensor.dims)), [])
         digest: bytes | None = None
         for entry in bucket if dedupe else []:
             if entry.sample != sample:
                 continue
-            digest = digest or hashlib.sha256(payload).digest()
+            if digest is None:
+                digest = (
+                    hashlib.sha256(value).digest() if value is not None else stored_digest(tensor, self.store)
+                )
             if entry.digest is None:
-                entry.digest = hashlib.sha256(_payload(self.graph.initializer[entry.index])).digest()
+                entry.digest = stored_digest(self.graph.initializer[entry.index], self.store)
             if entry.digest == digest:
                 self.shared += 1
                 return str(self.graph.initializer[entry.index].name)
@@ -82,21 +86,45 @@ class _Weights:
         return name
 
 
-def _payload(tensor: onnx.TensorProto) -> bytes:
-    """The bytes that define a tensor's value (raw data, or the serialized typed fields)."""
-    if tensor.HasField("raw_data"):
-        return bytes(tensor.raw_data)
-    bare = onnx.TensorProto()
-    bare.CopyFrom(tensor)
-    bare.ClearField("name")
-    bare.ClearField("doc_string")
-    payload: bytes = bare.SerializeToString(deterministic=True)
-    return payload
+def _node_calls(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
+    """``node`` and every node of its subgraphs, at any depth."""
+    yield node
+    for attr in node.attribute:
+        for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+            for sub in graph.node:
+                yield from _node_calls(sub)
 
 
-def _sample(payload: bytes) -> bytes:
-    head, tail = payload[:_SAMPLE], payload[-_SAMPLE:]
-    return hashlib.sha256(len(payload).to_bytes(8, "little") + head + tail).digest()
+def _retarget(node: onnx.NodeProto, mapping: Mapping[FuncId, str]) -> None:
+    """Point calls of ``node`` (and of its subgraphs) at the merged names of renamed functions."""
+    for call in _node_calls(node):
+        call.op_type = mapping.get((call.domain, call.op_type, call.overload), call.op_type)
+
+
+def _callees_first(functions: Sequence[onnx.FunctionProto]) -> list[onnx.FunctionProto]:
+    """A part's functions ordered so that every function comes after the local functions it calls."""
+    by_id = {(f.domain, f.name, f.overload): f for f in functions}
+    calls = {
+        ident: {
+            (c.domain, c.op_type, c.overload)
+            for node in func.node
+            for c in _node_calls(node)
+            if (c.domain, c.op_type, c.overload) in by_id
+        }
+        for ident, func in by_id.items()
+    }
+    try:
+        return [by_id[i] for i in graphlib.TopologicalSorter(calls).static_order()]
+    except graphlib.CycleError:  # recursive functions are invalid ONNX: the checker names them later
+        return list(functions)
+
+
+def _free_name(name: str, domain: str, overload: str, taken: Mapping[FuncId, bytes]) -> str:
+    candidate, n = name, 1
+    while (domain, candidate, overload) in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
 
 
 def _renamer(key: str, overrides: Mapping[str, str]) -> Callable[[str], str]:
@@ -108,9 +136,7 @@ def _renamer(key: str, overrides: Mapping[str, str]) -> Callable[[str], str]:
     return rename
 
 
-def _rename_graph(
-    graph: onnx.GraphProto, rename: Callable[[str], str], funcs: Mapping[tuple[str, str], str]
-) -> None:
+def _rename_graph(graph: onnx.GraphProto, rename: Callable[[str], str], funcs: Mapping[FuncId, str]) -> None:
     """Rename every tensor of a subgraph in place (it is a copy we own)."""
     for vi in [*graph.input, *graph.output, *graph.value_info]:
         vi.name = rename(vi.name)
@@ -120,12 +146,10 @@ def _rename_graph(
         _rename_node(node, rename, funcs)
 
 
-def _rename_node(
-    node: onnx.NodeProto, rename: Callable[[str], str], funcs: Mapping[tuple[str, str], str]
-) -> None:
+def _rename_node(node: onnx.NodeProto, rename: Callable[[str], str], funcs: Mapping[FuncId, str]) -> None:
     node.input[:] = [rename(n) for n in node.input]
     node.output[:] = [rename(n) for n in node.output]
-    node.op_type = funcs.get((node.domain, node.op_type), node.op_type)
+    node.op_type = funcs.get((node.domain, node.op_type, node.overload), node.op_type)
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             _rename_graph(attr.g, rename, funcs)
@@ -145,15 +169,17 @@ class GraphBuilder:
         dims: DimUnifier,
         ir_version: int,
         targets: Mapping[str, int],
+        weights: _Weights | None = None,
     ) -> None:
         self.parts, self.plan, self.adapters, self.dims = parts, plan, adapters, dims
         self.model = onnx.ModelProto(ir_version=ir_version, producer_name="onnxstitch")
         self.model.graph.name = "+".join(plan.order)
         for domain, version in sorted(targets.items()):
             self.model.opset_import.append(onnx.helper.make_opsetid(domain, version))
-        self.weights = _Weights(self.model.graph)
+        self.weights = weights or _Weights(self.model.graph, ExternalStore())
+        self.weights.graph = self.model.graph
         self.renames: dict[str, Callable[[str], str]] = {}
-        self.funcs: dict[str, dict[tuple[str, str], str]] = {}
+        self.funcs: dict[str, dict[FuncId, str]] = {}
         self.fed_by_link = {(ln.dst_part, ln.dst_tensor): ln for ln in plan.links}
         self.out_names = {end: name for name, end in plan.merged_outputs.items()}
         self.value_info_done: set[str] = set()
@@ -169,30 +195,32 @@ class GraphBuilder:
 
     # -- functions -----------------------------------------------------------------------------------
     def _functions(self) -> None:
-        """Copy model-local functions; identical ones are kept once, differing ones renamed ``key/name``."""
-        seen: dict[tuple[str, str, str], bytes] = {}
+        """Copy model-local functions; identical ones are kept once, differing ones renamed ``key/name``.
+
+        A part's functions are taken callees first, and every call site inside them is pointed at the
+        merged name of its callee *before* two functions are compared: a function that calls a renamed
+        function is therefore itself different (and renamed), and call sites in every function and
+        graph of the part, subgraphs included, bind to the part's own functions.
+        """
+        stored: dict[FuncId, bytes] = {}
         for key in self.plan.order:
-            mapping: dict[tuple[str, str], str] = {}
-            for func in self.parts[key].model.functions:
-                ident = (func.domain, func.name, func.overload)
-                body = func.SerializeToString(deterministic=True)
-                if seen.get(ident) == body:
-                    continue
+            mapping: dict[FuncId, str] = {}
+            for func in _callees_first(self.parts[key].model.functions):
                 copy = onnx.FunctionProto()
                 copy.CopyFrom(func)
-                if ident in seen:
-                    copy.name = f"{key}/{func.name}"
-                    mapping[(func.domain, func.name)] = copy.name
-                seen[(copy.domain, copy.name, copy.overload)] = body
+                for node in copy.node:
+                    _retarget(node, mapping)
+                ident = (copy.domain, copy.name, copy.overload)
+                body = copy.SerializeToString(deterministic=True)
+                if stored.get(ident) == body:
+                    continue
+                if ident in stored:
+                    copy.name = _free_name(f"{key}/{func.name}", copy.domain, copy.overload, stored)
+                    mapping[ident] = copy.name
+                    body = copy.SerializeToString(deterministic=True)
+                stored[(copy.domain, copy.name, copy.overload)] = body
                 self.model.functions.append(copy)
             self.funcs[key] = mapping
-        for key, mapping in self.funcs.items():
-            if not mapping:
-                continue
-            for func in self.model.functions:
-                if func.name.startswith(f"{key}/"):
-                    for node in func.node:
-                        node.op_type = mapping.get((node.domain, node.op_type), node.op_type)
         domains = {e.domain for e in self.model.opset_import}
         for func in self.model.functions:
             if func.domain not in domains:
@@ -225,9 +253,9 @@ class GraphBuilder:
         base = _renamer(key, overrides)
         for tensor in [*part.model.graph.initializer, *part.weights]:
             if tensor.name in overrides:  # an initializer that is also a merged output
-                self.weights.add(tensor, overrides[tensor.name], key, part.base_dir, dedupe=False)
+                self.weights.add(tensor, overrides[tensor.name], dedupe=False)
                 continue
-            stored = self.weights.add(tensor, f"{key}/{tensor.name}", key, part.base_dir)
+            stored = self.weights.add(tensor, f"{key}/{tensor.name}")
             if stored != f"{key}/{tensor.name}":
                 overrides[tensor.name] = stored
         if part.owned:
@@ -244,7 +272,7 @@ class GraphBuilder:
         for name in [vi.name for vi in graph_inputs(part.model)]:
             if (key, name) in self.adapters:
                 self._adapter(key, name, self.adapters[(key, name)])
-        funcs = {k: v for k, v in self.funcs[key].items()}
+        funcs = self.funcs[key]
         for i, node in enumerate(part.model.graph.node):
             copy = self.model.graph.node.add()
             copy.CopyFrom(node)

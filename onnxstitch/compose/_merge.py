@@ -1,8 +1,16 @@
 """``merge``, ``chain`` and ``replace``: stitch ONNX parts into one checked ONNX model.
 
-Steps (DESIGN.md, "Rules at a seam"): load the parts (paths keep their external data on disk), check
-the wiring (every problem at once), bring every part to one IR version and one opset per domain,
-check every seam (every problem at once), then build the merged graph and run the full checker.
+The pipeline (DESIGN.md, "Rules at a seam"), each stage entered once, in this order — see
+``_merge_sources``:
+
+1. load: the parts (paths through the hardened reader, their weights left on disk);
+2. wiring: links, merged inputs and outputs checked and resolved into a plan (every problem at once);
+3. versions: every part brought to one IR version and one opset per domain;
+4. seams: dtype, rank, dims and layouts checked at every seam (every problem at once);
+5. dims: the dim classes named, the merged outputs' dims filled (the one place dims are decided);
+6. build: the merged graph (scoped names, adapters, functions, weights stored once);
+7. check: the full ONNX checker on a weight-less skeleton;
+8. save: with ``save_to=``, the weights are copied file to file; else they are read into the result.
 """
 
 from __future__ import annotations
@@ -13,19 +21,20 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import onnx
 
 from onnxstitch import _meta
 from onnxstitch.compose import _dims
-from onnxstitch.compose._graph import GraphBuilder
+from onnxstitch.compose._graph import GraphBuilder, _Weights
 from onnxstitch.compose._seams import SeamChecker, SeamResult
 from onnxstitch.compose._spec import Link, Plan, check_keys, graph_inputs, resolve
 from onnxstitch.compose._versions import Part, ir_for, make_part, targets_for, tensor_bytes
 from onnxstitch.compose._weights import check_in_memory, check_merged, load_path
 from onnxstitch.errors import ModelFileError, SeamError, SpecError, VersionError
 from onnxstitch.files import ModelLike
+from onnxstitch.files.external import ExternalStore
 
 __all__ = ["Link", "chain", "merge", "replace"]
 
@@ -35,6 +44,33 @@ log = logging.getLogger(__name__)
 SPEC_KEY = _meta.SPEC
 
 _Source = tuple[onnx.ModelProto, bool, Path | None]
+PathLike = str | os.PathLike[str]
+
+
+@overload
+def merge(
+    models: Mapping[str, ModelLike],
+    links: Sequence[str | Link] = (),
+    *,
+    inputs: Mapping[str, str | Sequence[str]] | None = None,
+    outputs: Mapping[str, str] | None = None,
+    opset: int | Mapping[str, int] | None = None,
+    optimize: bool = False,
+    save_to: None = None,
+) -> onnx.ModelProto: ...
+
+
+@overload
+def merge(
+    models: Mapping[str, ModelLike],
+    links: Sequence[str | Link] = (),
+    *,
+    inputs: Mapping[str, str | Sequence[str]] | None = None,
+    outputs: Mapping[str, str] | None = None,
+    opset: int | Mapping[str, int] | None = None,
+    optimize: bool = False,
+    save_to: PathLike,
+) -> Path: ...
 
 
 def merge(
@@ -45,7 +81,8 @@ def merge(
     outputs: Mapping[str, str] | None = None,
     opset: int | Mapping[str, int] | None = None,
     optimize: bool = False,
-) -> onnx.ModelProto:
+    save_to: PathLike | None = None,
+) -> onnx.ModelProto | Path:
     """Stitch several ONNX models ("parts") into one, along explicit links.
 
     Names: every tensor, node and initializer of part ``key`` is renamed ``"key/name"``; the merged
@@ -55,10 +92,14 @@ def merge(
     a default name is used by several parts, each one is called ``"key.name"`` instead.
     Part inputs that are also initializers (old IR < 4 defaults) are constants, not merged inputs.
 
-    Weights: parts given as paths keep their external data on disk until each tensor is copied into
-    the merged model (read from the part's own folder), so the merge holds one copy of the weights;
-    identical initializers are stored once. The result holds every weight in memory: past 2 GB, save
-    it with ``ox.save`` (external data automatically) and check it by path, not in memory.
+    Weights: parts given as paths are read by the same hardened reader as ``ox.load`` (external data
+    only from the part's own folder: no ``..``, absolute paths, symlinks or hardlinks; offsets and
+    lengths checked against each tensor's shape), and their weights stay on disk until each tensor is
+    copied into the merged model, so the merge holds one copy of the weights; identical initializers
+    are stored once. The result holds every weight in memory: past 2 GB, save it with ``ox.save``
+    (external data automatically) and check it by path, not in memory. For big models pass
+    ``save_to=``: the merged model is written there and the weights of the parts given as paths go
+    file to file, never into memory.
 
     Args:
         models: part key -> ``ModelProto`` or path to an ``.onnx`` file. Keys must not contain
@@ -71,10 +112,13 @@ def merge(
         outputs: merged output name -> ``"key:output"``; when given, exactly these are the outputs.
         opset: target ``ai.onnx`` opset (int) or ``{domain: version}``; default: the highest among
             the parts, capped by what the installed onnxruntime runs.
-        optimize: run :func:`onnxstitch.compose.optimize` on the result and check parity on random feeds.
+        optimize: run :func:`onnxstitch.compose.optimize` on the result and check parity on random feeds
+            (this needs the weights in memory, also with ``save_to=``).
+        save_to: write the merged model to this ``.onnx`` path (atomically; with external data in
+            ``<name>.onnx.data`` past 2 GB, as ``ox.save``) instead of returning it.
 
     Returns:
-        A new ``ModelProto``; the given models are never modified.
+        A new ``ModelProto``; the given models are never modified. With ``save_to=``, the path written.
 
     Raises:
         SpecError: malformed links, unknown parts or tensors, inputs fed twice, name clashes (all at once).
@@ -84,8 +128,38 @@ def merge(
         ModelFileError: a part file is missing or unreadable, or a part is not a valid ONNX model.
         ValidationError: ``optimize=True`` changed the outputs.
     """
-    sources = _load_all(models)
-    return _merge_sources(sources, links, inputs=inputs, outputs=outputs, opset=opset, optimize=optimize)
+    store = ExternalStore()
+    sources = _load_all(models, store)
+    return _merge_sources(
+        sources,
+        links,
+        inputs=inputs,
+        outputs=outputs,
+        opset=opset,
+        optimize=optimize,
+        store=store,
+        save_to=save_to,
+    )
+
+
+@overload
+def chain(
+    models: Mapping[str, ModelLike],
+    *,
+    opset: int | Mapping[str, int] | None = None,
+    optimize: bool = False,
+    save_to: None = None,
+) -> onnx.ModelProto: ...
+
+
+@overload
+def chain(
+    models: Mapping[str, ModelLike],
+    *,
+    opset: int | Mapping[str, int] | None = None,
+    optimize: bool = False,
+    save_to: PathLike,
+) -> Path: ...
 
 
 def chain(
@@ -93,22 +167,25 @@ def chain(
     *,
     opset: int | Mapping[str, int] | None = None,
     optimize: bool = False,
-) -> onnx.ModelProto:
+    save_to: PathLike | None = None,
+) -> onnx.ModelProto | Path:
     """Merge parts one after the other: each part's single output feeds the next part's single input.
 
     Args:
         models: part key -> model, in chain order.
         opset: as for :func:`merge`.
         optimize: as for :func:`merge`.
+        save_to: as for :func:`merge`: write the merged model there, weights file to file.
 
     Returns:
-        A new ``ModelProto``.
+        A new ``ModelProto``; with ``save_to=``, the path written.
 
     Raises:
         SpecError: a part (other than the ends) has several inputs or outputs — use ``merge`` with links.
         CycleError, VersionError, SeamError, ModelFileError, ValidationError: as for :func:`merge`.
     """
-    sources = _load_all(models)
+    store = ExternalStore()
+    sources = _load_all(models, store)
     keys = list(sources)
     problems: list[str] = []
     links: list[Link] = []
@@ -126,22 +203,43 @@ def chain(
             "cannot chain these parts:\n  " + "\n  ".join(problems),
             hint='use ox.merge(models, links=["a:out->b:in", ...]) to say which tensors connect',
         )
-    return _merge_sources(sources, links, inputs=None, outputs=None, opset=opset, optimize=optimize)
+    return _merge_sources(
+        sources,
+        links,
+        inputs=None,
+        outputs=None,
+        opset=opset,
+        optimize=optimize,
+        store=store,
+        save_to=save_to,
+    )
 
 
-def replace(merged: ModelLike, key: str, new_part: ModelLike) -> onnx.ModelProto:
+@overload
+def replace(merged: ModelLike, key: str, new_part: ModelLike, *, save_to: None = None) -> onnx.ModelProto: ...
+
+
+@overload
+def replace(merged: ModelLike, key: str, new_part: ModelLike, *, save_to: PathLike) -> Path: ...
+
+
+def replace(
+    merged: ModelLike, key: str, new_part: ModelLike, *, save_to: PathLike | None = None
+) -> onnx.ModelProto | Path:
     """Swap part ``key`` of a merged model for ``new_part`` (e.g. a retrained head); seams are re-checked.
 
     The other parts are taken back out with :func:`onnxstitch.compose.extract` and merged again with
-    the recorded wiring (same links, merged input and output names).
+    the recorded wiring (same links, merged input and output names) and the original merge's
+    ``opset=`` and ``optimize=``.
 
     Args:
         merged: a model built by :func:`merge` or :func:`chain`.
         key: the part to swap.
         new_part: the new model for that key (its inputs/outputs must keep the linked names).
+        save_to: as for :func:`merge`.
 
     Returns:
-        A new merged ``ModelProto``.
+        A new merged ``ModelProto``; with ``save_to=``, the path written.
 
     Raises:
         SpecError: ``merged`` is not a merged model, or has no part ``key`` (lists the parts), or the
@@ -157,11 +255,19 @@ def replace(merged: ModelLike, key: str, new_part: ModelLike) -> onnx.ModelProto
     if key not in parts:
         raise SpecError(f"merged model has no part {key!r}; its parts are {', '.join(map(repr, parts))}")
     models: dict[str, ModelLike] = {k: (new_part if k == key else extract(model, part=k)) for k in parts}
-    return merge(
-        models,
+    store = ExternalStore()
+    sources = _load_all(models, store)
+    del model, models
+    opset = spec.get("opset")
+    return _merge_sources(
+        sources,
         [Link(*ln) for ln in spec["links"]],
         inputs={n: [f"{k}:{t}" for k, t in ends] for n, ends in spec["inputs"].items()},
         outputs={n: f"{k}:{t}" for n, (k, t) in spec["outputs"].items()},
+        opset=opset if isinstance(opset, int | dict) else None,
+        optimize=bool(spec.get("optimize", False)),
+        store=store,
+        save_to=save_to,
     )
 
 
@@ -181,7 +287,7 @@ def read_spec(model: onnx.ModelProto) -> dict[str, Any]:
 # -- internals --------------------------------------------------------------------------------------
 
 
-def _load_all(models: Mapping[str, ModelLike]) -> dict[str, _Source]:
+def _load_all(models: Mapping[str, ModelLike], store: ExternalStore) -> dict[str, _Source]:
     if not isinstance(models, Mapping) or not models:
         raise SpecError(
             "merge needs a non-empty mapping {key: model}", hint='ox.merge({"a": a, "b": b}, ...)'
@@ -199,7 +305,7 @@ def _load_all(models: Mapping[str, ModelLike]) -> dict[str, _Source]:
                 check_in_memory(key, model)
                 sources[key] = (model, False, None)
             else:
-                loaded, folder = load_path(key, model)
+                loaded, folder = load_path(key, model, store)
                 sources[key] = (loaded, True, folder)
         except ModelFileError as exc:
             failures.append(exc)
@@ -218,18 +324,21 @@ def _merge_sources(
     outputs: Mapping[str, str] | None,
     opset: int | Mapping[str, int] | None,
     optimize: bool,
-) -> onnx.ModelProto:
+    store: ExternalStore,
+    save_to: PathLike | None = None,
+) -> onnx.ModelProto | Path:
+    """The pipeline after ``load``: wiring, versions, seams, dims, build, check, save (in this order)."""
     ios = {
         k: ([vi.name for vi in graph_inputs(m)], [vi.name for vi in m.graph.output])
         for k, (m, _, _) in sources.items()
     }
-    plan = resolve(ios, links, inputs, outputs)
-    targets = targets_for({k: m for k, (m, _, _) in sources.items()}, opset)
+    plan = resolve(ios, links, inputs, outputs)  # wiring
+    targets = targets_for({k: m for k, (m, _, _) in sources.items()}, opset)  # versions
     parts = _make_parts(sources, targets)
     owned_ir = [s[0].ir_version for s in sources.values()]
     if isinstance(sources, dict):
         sources.clear()  # ours (from _load_all): drop loaded models so their memory can go part by part
-    seams = SeamChecker(
+    seams = SeamChecker(  # seams
         {k: p.model for k, p in parts.items()}, {k: p.source for k, p in parts.items()}
     ).check(plan)
     if seams.problems:
@@ -238,18 +347,36 @@ def _merge_sources(
             problems=seams.problems,
             hint="insert the suggested adapter (ox.adapters.*) as a part of its own, or fix the part",
         )
-    _name_dims(parts, plan, seams)
+    _name_dims(parts, plan, seams)  # dims: the classes are named before the build uses them
     ir_version = ir_for(targets, owned_ir)
-    builder = GraphBuilder(parts, plan, seams.adapters, seams.dims, ir_version, targets)
+    stream = save_to is not None and not optimize
+    weights = _Weights(onnx.GraphProto(), store, stream=stream)
+    builder = GraphBuilder(parts, plan, seams.adapters, seams.dims, ir_version, targets, weights)  # build
     merged = builder.build(list(parts))
-    _record_spec(merged, plan, parts, builder, list(parts))
+    _record_spec(merged, plan, parts, builder, list(parts), opset=opset, optimize=optimize)
     if builder.weights.shared:
         log.info("%d identical initializer(s) stored once", builder.weights.shared)
-    _check(merged, parts)
-    _fill_output_dims(merged)
+    _check(merged, parts)  # check
+    _fill_output_dims(merged)  # dims: the merged outputs' unknown dims, from shape inference
     if optimize:
         merged = _optimized(merged)
-    return merged
+    if save_to is None:
+        return merged
+    return _save(merged, Path(save_to), store)  # save
+
+
+def _save(merged: onnx.ModelProto, path: Path, store: ExternalStore) -> Path:
+    """Write the merged model; tensors still on disk are copied file to file (``ox.save``'s rules)."""
+    from onnxstitch.files import manifest
+    from onnxstitch.files._write import remove_quietly, save_model
+
+    try:
+        save_model(merged, path, external_data=None, size_threshold=1024, store=store)
+    finally:
+        del merged
+    remove_quietly(manifest.manifest_path(path))
+    log.info("merged model written to %s", path)
+    return path
 
 
 def _make_parts(sources: Mapping[str, _Source], targets: Mapping[str, int]) -> dict[str, Part]:
@@ -296,7 +423,14 @@ def _name_dims(parts: Mapping[str, Part], plan: Plan, seams: SeamResult) -> None
 
 
 def _record_spec(
-    merged: onnx.ModelProto, plan: Plan, parts: Mapping[str, Part], builder: GraphBuilder, keys: list[str]
+    merged: onnx.ModelProto,
+    plan: Plan,
+    parts: Mapping[str, Part],
+    builder: GraphBuilder,
+    keys: list[str],
+    *,
+    opset: int | Mapping[str, int] | None,
+    optimize: bool,
 ) -> None:
     part_inputs = {k: [vi.name for vi in graph_inputs(p.model)] for k, p in parts.items()}
     part_outputs = {k: [vi.name for vi in p.model.graph.output] for k, p in parts.items()}
@@ -311,6 +445,8 @@ def _record_spec(
         "outputs": {n: list(end) for n, end in plan.merged_outputs.items()},
         "layouts": {k: _meta.get_layouts(p.source) for k, p in parts.items()},
         "sources": {k: _meta.get_source(p.source) for k, p in parts.items()},
+        "opset": dict(opset) if isinstance(opset, Mapping) else opset,
+        "optimize": optimize,
     }
     _meta.set_prop(merged, SPEC_KEY, json.dumps(spec))
 

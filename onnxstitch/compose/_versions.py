@@ -1,7 +1,7 @@
 """One IR version and one opset per domain for every part of a merge.
 
 The target opset of each domain is the highest among the parts (or ``opset=``), capped by what the
-installed onnxruntime loads (probed once with a one-node model and cached). Parts below the target
+installed onnxruntime loads (asked of the one probe, :mod:`onnxstitch.files._limits`). Parts below the target
 of ``ai.onnx`` go through ``onnx.version_converter``; for other domains (``ai.onnx.ml`` ...) a part is
 raised only when none of its ops changed between the two versions. ``onnx.version_converter`` keeps
 the ``ir_version`` and drops model-local functions: both are fixed here.
@@ -9,7 +9,6 @@ the ``ir_version`` and drops model-local functions: both are fixed here.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping
@@ -22,6 +21,7 @@ import onnx.helper
 import onnx.version_converter
 
 from onnxstitch.errors import VersionError
+from onnxstitch.files import _limits
 
 log = logging.getLogger(__name__)
 
@@ -68,48 +68,15 @@ def opsets(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def _probe_model(domain: str, version: int, ir_version: int) -> bytes:
-    node = onnx.helper.make_node("Identity", ["x"], ["y"])
-    vi_x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
-    vi_y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
-    graph = onnx.helper.make_graph([node], "probe", [vi_x], [vi_y])
-    imports = [onnx.helper.make_opsetid("", 13 if domain else version)]
-    if domain:
-        imports.append(onnx.helper.make_opsetid(domain, version))
-    model = onnx.helper.make_model(graph, opset_imports=imports, ir_version=ir_version)
-    payload: bytes = model.SerializeToString()
-    return payload
-
-
-def _loads(payload: bytes) -> bool:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    try:
-        ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
-    except Exception:
-        return False
-    return True
-
-
-@functools.cache
 def ort_max_ir_version() -> int:
-    """Highest ONNX IR version the installed onnxruntime loads (probed, cached)."""
-    for ir in range(onnx.IR_VERSION, 6, -1):
-        if _loads(_probe_model("", 13, ir)):
-            return ir
-    return 7
+    """Highest ONNX IR version the installed onnxruntime loads (the one probe, in ``files._limits``)."""
+    return _limits.ort_max_ir_version()
 
 
-@functools.cache
 def ort_max_opset(domain: str = ONNX_DOMAIN) -> int:
-    """Highest opset of ``domain`` the installed onnxruntime (and onnx) support (probed, cached)."""
+    """Highest opset of ``domain`` the installed onnxruntime and onnx both support."""
     schema_max = onnx.defs.onnx_opset_version() if domain == ONNX_DOMAIN else _domain_max(domain)
-    for version in range(schema_max, 0, -1):
-        if _loads(_probe_model(domain, version, min(ort_max_ir_version(), onnx.IR_VERSION))):
-            return version
-    return 1
+    return min(schema_max, _limits.ort_max_opset(domain))
 
 
 def _domain_max(domain: str) -> int:

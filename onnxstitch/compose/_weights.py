@@ -1,9 +1,15 @@
 """Weights of a merge: loading parts without doubling memory, external data, checking big models.
 
-* A part given as a path is loaded *without* its external data; each external tensor is read from the
-  part's OWN folder straight into the merged model when it is stored (never resolved against the
-  working directory, so two parts that both use ``weights.bin`` each keep their own numbers), and
-  the merge never holds a second full copy of the weights.
+* A part given as a path is read by the ONE hardened reader of :mod:`onnxstitch.files` (the same
+  checks as ``ox.load``: the file is sniffed and its versions checked, and every external reference
+  must be a plain, single-link file inside the part's own folder, reached without symlinks, its
+  offset and length inside the file and matching the tensor's dims). Nothing is read yet: the part's
+  external tensors are adopted by an :class:`~onnxstitch.files.external.ExternalStore`, which reads
+  each one later from its OWN part's folder (never resolved against the working directory, so two
+  parts that both use ``weights.bin`` each keep their own numbers). External tensors that are not
+  top-level initializers (``Constant`` attributes, subgraph initializers, sparse values, functions)
+  are read into the part at once: they are re-homed by construction. Top-level initializers stay on
+  disk until the merged model is built (in memory) or written (file to file, ``save_to=``).
 * A part given as a ``ModelProto`` must carry its data in memory (``onnx.load`` does that by default);
   unresolved external references there cannot be resolved safely and are an error naming the part.
 * The merged model is checked (full checker, strict shape inference) on a skeleton in which the big
@@ -12,6 +18,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -21,57 +28,50 @@ import onnx.checker
 import onnx.helper
 
 from onnxstitch.compose._versions import tensor_bytes
-from onnxstitch.errors import ModelFileError, UnsafeModelError
+from onnxstitch.errors import ModelFileError, ModelTooLargeError, VersionError
+from onnxstitch.files.external import ExternalStore, iter_ref, iter_tensors, read_ref, uses_external_data
 
 log = logging.getLogger(__name__)
 
 CHECK_INLINE_BYTES = 1024
+_SAMPLE = 1 << 16
 
 
 def is_external(tensor: onnx.TensorProto) -> bool:
     return tensor.data_location == onnx.TensorProto.EXTERNAL
 
 
-def _external_info(tensor: onnx.TensorProto) -> dict[str, str]:
-    return {e.key: e.value for e in tensor.external_data}
-
-
-def load_path(key: str, path: str | os.PathLike[str]) -> tuple[onnx.ModelProto, Path]:
-    """Load a part file with its external data left on disk; return the model and its folder.
+def load_path(key: str, path: str | os.PathLike[str], store: ExternalStore) -> tuple[onnx.ModelProto, Path]:
+    """Load a part file through the hardened reader, its top-level external weights left on disk.
 
     Raises:
-        ModelFileError: the file is missing, empty or not an ONNX model.
-        UnsafeModelError: an external data reference points outside the model's folder.
+        ModelFileError: the file is missing, empty or not an ONNX model, or external data is missing,
+            malformed, or does not match its tensor.
+        UnsafeModelError: an external data reference leaves the part's folder (``..``, absolute,
+            symlink, hardlink, special file).
+        VersionError: the part is stamped newer than the installed onnxruntime runs.
+        ModelTooLargeError: the ``.onnx`` file itself is 2 GB or more.
     """
+    from onnxstitch.files._read import external_refs
+
     p = Path(path)
-    if not p.is_file():
-        raise ModelFileError(f"part {key!r}: model file {str(p)!r} does not exist or is not a file")
-    if p.stat().st_size == 0:
-        raise ModelFileError(f"part {key!r}: model file {str(p)!r} is empty")
     try:
-        model = onnx.load(str(p), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelFileError(f"part {key!r}: {str(p)!r} is not a readable ONNX model: {exc}") from exc
-    if not model.graph.node and not model.graph.output:
-        raise ModelFileError(f"part {key!r}: {str(p)!r} holds no graph (not an ONNX model?)")
-    folder = p.resolve().parent
-    for tensor in _all_initializers(model):
-        if is_external(tensor):
-            _external_file(key, tensor, folder)
-    return model, folder
-
-
-def _all_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    return [*model.graph.initializer, *(s.values for s in model.graph.sparse_initializer)]
+        model, refs = external_refs(p)
+    except (ModelFileError, VersionError, ModelTooLargeError) as exc:
+        raise type(exc)(f"part {key!r}: {exc}") from exc
+    store.adopt(model, refs)
+    store.inline(model, top_initializers=False)
+    return model, p.resolve().parent
 
 
 def check_in_memory(key: str, model: onnx.ModelProto) -> None:
     """Refuse a ``ModelProto`` part whose external data was never loaded (its folder is unknown).
 
     Raises:
-        ModelFileError: some initializer still refers to an external file.
+        ModelFileError: some tensor (initializer, attribute, subgraph, sparse, function) still refers
+            to an external file.
     """
-    missing = [t.name for t in _all_initializers(model) if is_external(t)]
+    missing = [t.name or "<unnamed>" for t in iter_tensors(model) if uses_external_data(t)]
     if missing:
         shown = ", ".join(repr(n) for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise ModelFileError(
@@ -81,48 +81,43 @@ def check_in_memory(key: str, model: onnx.ModelProto) -> None:
         )
 
 
-def _external_file(key: str, tensor: onnx.TensorProto, folder: Path) -> Path:
-    location = _external_info(tensor).get("location", "")
-    rel = Path(location)
-    if not location or rel.is_absolute() or ".." in rel.parts:
-        raise UnsafeModelError(
-            f"part {key!r}: tensor {tensor.name!r} refers to external data {location!r} "
-            "outside its model folder",
-            hint="keep external data files next to the model, referenced by a relative name",
-        )
-    target = folder / rel
-    if target.is_symlink() or not target.resolve().is_relative_to(folder):
-        raise UnsafeModelError(
-            f"part {key!r}: external data {location!r} of tensor {tensor.name!r} is a link"
-        )
-    if not target.is_file():
-        raise ModelFileError(
-            f"part {key!r}: external data file {str(target)!r} of tensor {tensor.name!r} does not exist"
-        )
-    return target
-
-
-def read_external(key: str, tensor: onnx.TensorProto, folder: Path | None) -> bytes:
-    """The bytes of an external tensor, read from the part's own folder.
-
-    Raises:
-        ModelFileError: no folder is known, or the file is shorter than the tensor says.
-    """
-    if folder is None:
-        check_in_memory(key, onnx.ModelProto(graph=onnx.GraphProto(initializer=[tensor])))
-        raise ModelFileError(f"part {key!r}: tensor {tensor.name!r} has no data")  # pragma: no cover
-    info = _external_info(tensor)
-    path = _external_file(key, tensor, folder)
-    offset = int(info.get("offset", "0") or 0)
-    length = info.get("length")
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        data = fh.read(int(length)) if length else fh.read()
-    if length and len(data) != int(length):
-        raise ModelFileError(
-            f"part {key!r}: external data {str(path)!r} is truncated for tensor {tensor.name!r}"
-        )
+def payload(tensor: onnx.TensorProto) -> bytes:
+    """The bytes that define an in-memory tensor's value (raw data, or the serialized typed fields)."""
+    if tensor.HasField("raw_data"):
+        return bytes(tensor.raw_data)
+    bare = onnx.TensorProto()
+    bare.CopyFrom(tensor)
+    bare.ClearField("name")
+    bare.ClearField("doc_string")
+    data: bytes = bare.SerializeToString(deterministic=True)
     return data
+
+
+def sample_of(data: bytes) -> bytes:
+    """A cheap fingerprint: length, first and last 64 KiB."""
+    head, tail = data[:_SAMPLE], data[-_SAMPLE:]
+    return hashlib.sha256(len(data).to_bytes(8, "little") + head + tail).digest()
+
+
+def stored_sample(tensor: onnx.TensorProto, store: ExternalStore) -> bytes:
+    """:func:`sample_of` the tensor's value, reading only its ends when it is still on disk."""
+    ref = store.ref_of(tensor)
+    if ref is None:
+        return sample_of(payload(tensor))
+    head = read_ref(ref, 0, _SAMPLE)
+    tail = read_ref(ref, max(0, ref.length - _SAMPLE))
+    return hashlib.sha256(ref.length.to_bytes(8, "little") + head + tail).digest()
+
+
+def stored_digest(tensor: onnx.TensorProto, store: ExternalStore) -> bytes:
+    """sha256 of the tensor's value, streamed from disk when it is still there."""
+    ref = store.ref_of(tensor)
+    if ref is None:
+        return hashlib.sha256(payload(tensor)).digest()
+    digest = hashlib.sha256()
+    for chunk in iter_ref(ref):
+        digest.update(chunk)
+    return digest.digest()
 
 
 def inline_copy(tensor: onnx.TensorProto, data: bytes, name: str, into: onnx.TensorProto) -> None:

@@ -284,16 +284,11 @@ def record_layouts(model: onnx.ModelProto, layouts: Mapping[str, str]) -> onnx.M
 
 
 # -------------------------------------------------------------------------------------- versions
-@functools.cache
 def max_runtime_opset() -> int:
-    """The highest ai.onnx opset the installed onnxruntime implements (its newest op schema)."""
-    try:
-        from onnxruntime.capi import onnxruntime_pybind11_state as ort_c
+    """The highest ai.onnx opset the installed onnxruntime runs (the one probe, ``files._limits``)."""
+    from onnxstitch.files._limits import ort_max_opset
 
-        schemas = ort_c.get_all_operator_schema()
-        return int(max(s.since_version for s in schemas if s.domain in ("", "ai.onnx")))
-    except (ImportError, AttributeError, ValueError):  # pragma: no cover - unusual builds
-        return min(onnx.defs.onnx_opset_version(), 21)
+    return ort_max_opset()
 
 
 def check_opset(opset: int | None, *, what: str) -> int | None:

@@ -1,10 +1,20 @@
-"""What the installed onnxruntime can run, and protobuf's size limit.
+"""What the installed onnxruntime can run (the ONE probe of it), and protobuf's size limit.
 
-onnxruntime has no API that reports the newest ``ai.onnx`` opset or IR version it runs, and its
-error messages change between releases.  So we *ask it*: a one-node ``Identity`` model stamped with
-a given opset (or IR version) either makes an ``InferenceSession`` or is refused.  Support is
-monotonic (an older stamp always loads), so a bisection finds the maximum in ~8 probes of a few
-milliseconds each; the answer is cached for the life of the process.
+onnxruntime has no API that reports the newest IR version it runs, and its error messages change
+between releases.  So we *ask it*: a one-node ``Identity`` model stamped with a given opset (or IR
+version) either loads or is refused.  Support is monotonic (an older stamp always loads), so a
+bisection finds the maximum in ~8 probes of a few milliseconds each.
+
+Every probe session is made with the thread settings the process allows *now*: once a session ran on
+onnxruntime's process-wide thread pool (``ox.Session(m, shared_threads=True)``), onnxruntime refuses
+sessions with pools of their own, and before it exists it refuses the opposite.  A known-good model
+(opset 7, IR 7) decides which of the two works; if neither does, the installation is broken and a
+:class:`VersionError` is raised.  Answers are cached for the life of the process, failures never are.
+The probe sessions are made through onnxruntime's binding directly, so nothing is printed (the
+Python wrapper prints an "EP Error" banner on a refused session).
+
+``compose`` (the merge's version caps), ``converters`` (the ``opset=`` check) and ``runtime``
+all ask these functions; there is no other probe.
 """
 
 from __future__ import annotations
@@ -33,30 +43,55 @@ PROTOBUF_LIMIT = 2**31 - 1
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def _probe_model(*, opset: int, ir_version: int) -> bytes:
+def _probe_model(*, opset: int, ir_version: int, domain: str = "") -> bytes:
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
         "probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+    imports = [helper.make_opsetid("", opset if domain in _DEFAULT_DOMAINS else 13)]
+    if domain not in _DEFAULT_DOMAINS:
+        imports.append(helper.make_opsetid(domain, opset))
+    model = helper.make_model(graph, opset_imports=imports, ir_version=ir_version)
     return bytes(model.SerializeToString())
 
 
-def _ort_accepts(*, opset: int, ir_version: int) -> bool:
+def _session_loads(payload: bytes, *, per_session_threads: bool) -> bool:
+    """Whether onnxruntime makes a CPU session of ``payload`` with these thread settings."""
     import onnxruntime as ort
+    from onnxruntime.capi import _pybind_state as c_api
 
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.use_per_session_threads = per_session_threads
+    if per_session_threads:
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
     try:
-        ort.InferenceSession(
-            _probe_model(opset=opset, ir_version=ir_version), options, providers=["CPUExecutionProvider"]
-        )
-    except Exception:
+        session = c_api.InferenceSession(options, payload, False, False)
+        session.initialize_session(["CPUExecutionProvider"], [{}], set())
+    except Exception:  # onnxruntime's Fail / InvalidGraph / RuntimeError: refused
         return False
     return True
+
+
+def _probe() -> Callable[[bytes], bool]:
+    """A loader with the thread settings this process allows now (decided on a known-good model).
+
+    Raises:
+        VersionError: onnxruntime loads not even an opset-7, IR-7 model (a broken installation).
+    """
+    baseline = _probe_model(opset=7, ir_version=7)
+    for per_session in (True, False):  # False: the process-wide pool exists (Session(shared_threads=True))
+        if _session_loads(baseline, per_session_threads=per_session):
+            return functools.partial(_session_loads, per_session_threads=per_session)
+    raise VersionError(
+        "onnxruntime cannot load a one-node opset-7 model with either thread setting; "
+        "the installation is broken",
+        hint="reinstall onnxruntime (pip install --force-reinstall onnxruntime)",
+    )
 
 
 def _bisect(accepts: Callable[[int], bool], low: int, high: int) -> int:
@@ -70,17 +105,25 @@ def _bisect(accepts: Callable[[int], bool], low: int, high: int) -> int:
     return low
 
 
-@functools.lru_cache(maxsize=1)
-def ort_max_opset() -> int:
-    """Return the newest ``ai.onnx`` opset the installed onnxruntime loads (28 for onnxruntime 1.32).
+@functools.lru_cache(maxsize=8)
+def ort_max_opset(domain: str = "") -> int:
+    """Return the newest opset of ``domain`` the installed onnxruntime loads (28 for ai.onnx on 1.32).
+
+    Args:
+        domain: ``""`` (or ``"ai.onnx"``) for the default domain, or e.g. ``"ai.onnx.ml"``.
 
     Raises:
-        VersionError: onnxruntime cannot even load an opset-7 model (a broken installation).
+        VersionError: onnxruntime cannot even load an opset-7 model (a broken installation); not
+            cached, the next call probes again.
     """
-    if not _ort_accepts(opset=7, ir_version=7):
-        raise VersionError("onnxruntime cannot load a one-node opset-7 model; the installation is broken")
-    found = _bisect(lambda n: _ort_accepts(opset=n, ir_version=7 if n < 15 else 8), 7, 200)
-    logger.debug("onnxruntime runs ai.onnx opsets up to %d", found)
+    loads = _probe()
+    if domain in _DEFAULT_DOMAINS:
+        found = _bisect(lambda n: loads(_probe_model(opset=n, ir_version=7 if n < 15 else 8)), 7, 200)
+    elif not loads(_probe_model(opset=1, ir_version=8, domain=domain)):
+        found = 0  # onnxruntime knows no version of this domain
+    else:
+        found = _bisect(lambda n: loads(_probe_model(opset=n, ir_version=8, domain=domain)), 1, 200)
+    logger.debug("onnxruntime runs %s opsets up to %d", domain or "ai.onnx", found)
     return found
 
 
@@ -89,11 +132,11 @@ def ort_max_ir_version() -> int:
     """Return the newest ONNX IR version the installed onnxruntime loads (14 for onnxruntime 1.32).
 
     Raises:
-        VersionError: onnxruntime cannot even load an IR-7 model (a broken installation).
+        VersionError: onnxruntime cannot even load an IR-7 model (a broken installation); not
+            cached, the next call probes again.
     """
-    if not _ort_accepts(opset=13, ir_version=7):
-        raise VersionError("onnxruntime cannot load a one-node IR-7 model; the installation is broken")
-    found = _bisect(lambda n: _ort_accepts(opset=13, ir_version=n), 7, 200)
+    loads = _probe()
+    found = _bisect(lambda n: loads(_probe_model(opset=13, ir_version=n)), 7, 200)
     logger.debug("onnxruntime runs IR versions up to %d", found)
     return found
 

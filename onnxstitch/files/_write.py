@@ -3,8 +3,14 @@
 The external-data helpers of ``onnx`` rewrite the tensors of the model they are given, in place.
 Here the caller's model is only *read*: a shallow clone is built whose big initializers are stubs
 (dims, type, name and an ``external_data`` pointer, no bytes), while the bytes are streamed from the
-caller's tensors straight into the data file.  A 2 GB model therefore costs about one extra copy of
-its largest tensor, not of all its weights.
+caller's tensors straight into the data file.  Without external data the ``.onnx`` file is streamed
+too: the model's header is serialized without its initializers, and each initializer is written
+after it as its own protobuf field (field order is free in protobuf), its bytes straight from the
+tensor.  Either way a model costs about one extra copy of its largest tensor, never a second
+serialized copy of all its weights.
+
+Tensors that stay on disk (marked by an :class:`~onnxstitch.files.external.ExternalStore`, as a
+merge from paths leaves them) are copied file to file, through the hardened reader.
 """
 
 from __future__ import annotations
@@ -21,7 +27,14 @@ from onnx import numpy_helper
 from onnxstitch.errors import ModelFileError, ModelTooLargeError
 from onnxstitch.files._atomic import atomic_open
 from onnxstitch.files._limits import PROTOBUF_LIMIT
-from onnxstitch.files.external import iter_tensors, tensor_nbytes, uses_external_data
+from onnxstitch.files.external import (
+    ExternalStore,
+    copy_ref,
+    iter_ref,
+    iter_tensors,
+    tensor_nbytes,
+    uses_external_data,
+)
 
 __all__ = ["ALIGNMENT", "AUTO_EXTERNAL_BYTES", "inline_bytes", "save_model"]
 
@@ -127,14 +140,15 @@ def _write_tensor(fh: BinaryIO, tensor: onnx.TensorProto) -> int:
     return len(data)
 
 
-def _write_data(fh: BinaryIO, pending: list[_Pending], location: str) -> None:
+def _write_data(fh: BinaryIO, pending: list[_Pending], location: str, store: ExternalStore) -> None:
     offset = 0
     for item in pending:
         pad = (-offset) % ALIGNMENT
         if pad:
             fh.write(b"\0" * pad)
             offset += pad
-        length = _write_tensor(fh, item.source)
+        ref = store.ref_of(item.source)
+        length = copy_ref(ref, fh) if ref is not None else _write_tensor(fh, item.source)
         for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
             entry = item.stub.external_data.add()
             entry.key = key
@@ -143,14 +157,18 @@ def _write_data(fh: BinaryIO, pending: list[_Pending], location: str) -> None:
         offset += length
 
 
-def _serialize(model: onnx.ModelProto, name: str) -> bytes:
-    inline = inline_bytes(model)
-    if inline >= PROTOBUF_LIMIT:
+def _check_inline_size(total: int, name: str) -> None:
+    if total >= PROTOBUF_LIMIT:
         raise ModelTooLargeError(
-            f"{name}: {inline / 1e9:.2f} GB of tensors would be stored inside the .onnx file, "
+            f"{name}: {total / 1e9:.2f} GB of tensors would be stored inside the .onnx file, "
             "past protobuf's 2 GB limit",
             hint="save with external_data=True (tensors in Constant nodes stay inline: use initializers)",
         )
+
+
+def _serialize(model: onnx.ModelProto, name: str) -> bytes:
+    """A header (no big tensors) as bytes."""
+    _check_inline_size(inline_bytes(model), name)
     try:
         return bytes(model.SerializeToString())
     except Exception as exc:
@@ -160,10 +178,91 @@ def _serialize(model: onnx.ModelProto, name: str) -> bytes:
         ) from exc
 
 
-def _decide_external(model: onnx.ModelProto, external_data: bool | None) -> bool:
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field_tag(message: Any, field: str) -> bytes:
+    """The tag of a length-delimited field (wire type 2) of ``message``'s type."""
+    return _varint(message.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
+
+
+#: initializers of at least this many bytes are streamed; smaller ones are serialized whole
+_STREAM_BYTES = 1 << 16
+
+
+def _write_streamed(fh: BinaryIO, model: onnx.ModelProto, name: str, store: ExternalStore) -> None:
+    """Write ``model`` as one protobuf without ever holding it serialized.
+
+    Layout: the model's fields but ``graph``; then the ``graph`` field, made of the graph's fields
+    but ``initializer``, then each initializer as one ``initializer`` field — a big one as its
+    data-less stub followed by its ``raw_data`` field, whose bytes are written straight from the
+    tensor (or copied from its file). Protobuf parsers accept fields in any order.
+    """
+    head = onnx.ModelProto()
+    _copy_fields(model, head, frozenset({"graph"}))
+    graph_head = onnx.GraphProto()
+    _copy_fields(model.graph, graph_head, frozenset({"initializer"}))
+    inline_nested = onnx.ModelProto(graph=graph_head, functions=head.functions)
+    store.inline(inline_nested)  # marked tensors in nodes/subgraphs/functions: read (they are small)
+    del head.functions[:]
+    head.functions.extend(inline_nested.functions)
+    entries: list[tuple[bytes, onnx.TensorProto | None, int]] = []  # (serialized head, source, bytes)
+    total = inline_bytes(inline_nested)
+    for tensor in model.graph.initializer:
+        ref = store.ref_of(tensor)
+        size = ref.length if ref is not None else _nbytes(tensor)
+        total += size
+        if ref is None and (size < _STREAM_BYTES or tensor.data_type == onnx.TensorProto.STRING):
+            entries.append((tensor.SerializeToString(), None, 0))
+            continue
+        stub = onnx.TensorProto()
+        _copy_fields(tensor, stub, _DATA_FIELDS | {"external_data", "data_location"})
+        entries.append(
+            (stub.SerializeToString() + _field_tag(stub, "raw_data") + _varint(size), tensor, size)
+        )
+    _check_inline_size(total, name)
+    init_tag = _field_tag(graph_head, "initializer")
+    graph_bytes = graph_head.SerializeToString()
+    graph_len = len(graph_bytes) + sum(
+        len(init_tag) + len(_varint(len(body) + size)) + len(body) + size for body, _, size in entries
+    )
+    fh.write(head.SerializeToString())
+    fh.write(_field_tag(head, "graph") + _varint(graph_len))
+    fh.write(graph_bytes)
+    for body, source, size in entries:
+        fh.write(init_tag + _varint(len(body) + size) + body)
+        if source is None:
+            continue
+        ref = store.ref_of(source)
+        chunks = iter_ref(ref) if ref is not None else [_tensor_bytes(source)]
+        written = 0
+        for chunk in chunks:
+            view = memoryview(chunk)
+            for start in range(0, len(view), 1 << 26):
+                fh.write(view[start : start + (1 << 26)])
+            written += len(chunk)
+        if written != size:
+            raise ModelFileError(
+                f"{name}: tensor {source.name!r} holds {written} bytes, but its shape "
+                f"{list(source.dims)} and type need {size}",
+                hint="the tensor is corrupt; rebuild it with onnx.numpy_helper.from_array",
+            )
+
+
+def _decide_external(model: onnx.ModelProto, external_data: bool | None, store: ExternalStore) -> bool:
     if external_data is not None:
         return external_data
-    return inline_bytes(model) > AUTO_EXTERNAL_BYTES
+    on_disk = sum(ref.length for t in iter_tensors(model) if (ref := store.ref_of(t)) is not None)
+    return inline_bytes(model) + on_disk > AUTO_EXTERNAL_BYTES
 
 
 def _check_target(path: Path) -> None:
@@ -178,8 +277,8 @@ def _check_target(path: Path) -> None:
         )
 
 
-def _check_no_unloaded(model: onnx.ModelProto, name: str) -> None:
-    unloaded = [t.name for t in iter_tensors(model) if uses_external_data(t)]
+def _check_no_unloaded(model: onnx.ModelProto, name: str, store: ExternalStore) -> None:
+    unloaded = [t.name for t in iter_tensors(model) if uses_external_data(t) and store.ref_of(t) is None]
     if unloaded:
         shown = ", ".join(repr(n) for n in unloaded[:5])
         raise ModelFileError(
@@ -190,31 +289,44 @@ def _check_no_unloaded(model: onnx.ModelProto, name: str) -> None:
 
 
 def save_model(
-    model: onnx.ModelProto, path: Path, *, external_data: bool | None, size_threshold: int
+    model: onnx.ModelProto,
+    path: Path,
+    *,
+    external_data: bool | None,
+    size_threshold: int,
+    store: ExternalStore | None = None,
 ) -> list[str]:
     """Write ``model`` to ``path`` atomically; return the external data file names written.
+
+    Args:
+        model: the model (never modified).
+        path: the target file.
+        external_data: as :func:`onnxstitch.files.save`.
+        size_threshold: as :func:`onnxstitch.files.save`.
+        store: where tensors of ``model`` that stay on disk are read from (copied file to file).
 
     Raises:
         ModelFileError: the target folder is missing, or the model has unloaded external data.
         ModelTooLargeError: the model cannot fit protobuf's 2 GB limit even with external data.
     """
+    store = store if store is not None else ExternalStore()
     name = path.name
     _check_target(path)
-    _check_no_unloaded(model, name)
-    if not _decide_external(model, external_data):
-        data = _serialize(model, name)
+    _check_no_unloaded(model, name, store)
+    if not _decide_external(model, external_data, store):
         with atomic_open(path) as fh:
-            fh.write(data)
+            _write_streamed(fh, model, name, store)
         return []
     location = name + ".data"
     clone, pending = _split(model, max(0, size_threshold))
+    store.inline(clone)  # small marked tensors (below the threshold, in nodes): inline, in our clone
     if not pending:
         logger.info("%s: no initializer reaches %d bytes; saving without external data", name, size_threshold)
         with atomic_open(path) as fh:
             fh.write(_serialize(clone, name))
         return []
     with atomic_open(path.with_name(location)) as data_fh:
-        _write_data(data_fh, pending, location)
+        _write_data(data_fh, pending, location, store)
         header = _serialize(clone, name)
     with atomic_open(path) as fh:
         fh.write(header)

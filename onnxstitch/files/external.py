@@ -12,12 +12,14 @@ the bytes read — by us, through a file descriptor opened with ``O_NOFOLLOW`` a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import BinaryIO
 
 import onnx
 from onnx import helper
@@ -25,13 +27,21 @@ from onnx import helper
 from onnxstitch.errors import ModelFileError, UnsafeModelError
 
 __all__ = [
+    "REF_KEY",
     "ExternalRef",
+    "ExternalStore",
     "check_external_data",
+    "copy_ref",
+    "iter_ref",
     "iter_tensors",
     "load_external_data",
+    "read_ref",
     "tensor_nbytes",
     "uses_external_data",
 ]
+
+#: the private ``external_data`` key of :class:`ExternalStore`'s markers
+REF_KEY = "onnxstitch.ref"
 
 _COPY_HINT = "make it a plain file in the model's folder (copy it: `cp data data.tmp && mv data.tmp data`)"
 
@@ -89,10 +99,20 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
             yield from _graph_tensors(sub)
 
 
-def iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    """Yield every tensor of ``model``: initializers, sparse ones, attributes, subgraphs, functions."""
+def iter_tensors(model: onnx.ModelProto, *, top_initializers: bool = True) -> Iterator[onnx.TensorProto]:
+    """Yield every tensor of ``model``: initializers, sparse ones, attributes, subgraphs, functions.
+
+    With ``top_initializers=False`` the main graph's (dense) initializers are left out.
+    """
     if model.HasField("graph"):
-        yield from _graph_tensors(model.graph)
+        if top_initializers:
+            yield from _graph_tensors(model.graph)
+        else:
+            for sparse in model.graph.sparse_initializer:
+                yield sparse.values
+                yield sparse.indices
+            for node in model.graph.node:
+                yield from _node_tensors(node)
     for function in model.functions:
         for node in function.node:
             yield from _node_tensors(node)
@@ -281,7 +301,12 @@ def check_external_data(
     ]
 
 
-def _read_exact(ref: ExternalRef) -> bytes:
+_CHUNK = 1 << 24
+
+
+@contextlib.contextmanager
+def _open_checked(ref: ExternalRef) -> Iterator[int]:
+    """A descriptor on ``ref``'s file, opened without following links and re-checked (same inode)."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     where = f"tensor {ref.tensor!r} external data {ref.location!r}"
     try:
@@ -295,19 +320,124 @@ def _read_exact(ref: ExternalRef) -> bytes:
             raise UnsafeModelError(f"{where}: {str(ref.path)!r} changed while the model was being loaded")
         if ref.offset + ref.length > st.st_size:
             raise ModelFileError(f"{where}: file shrank while the model was being loaded")
-        data = os.pread(fd, ref.length, ref.offset)  # one read; the kernel caps one call near 2 GiB
-        if len(data) == ref.length:
-            return data
-        chunks, position = [data], ref.offset + len(data)
-        while position < ref.offset + ref.length:
-            chunk = os.pread(fd, ref.offset + ref.length - position, position)
-            if not chunk:
-                raise ModelFileError(f"{where}: unexpected end of file")
-            chunks.append(chunk)
-            position += len(chunk)
-        return b"".join(chunks)
+        yield fd
     finally:
         os.close(fd)
+
+
+def _pread_all(fd: int, ref: ExternalRef, start: int, size: int) -> bytes:
+    data = os.pread(fd, size, ref.offset + start)  # one read; the kernel caps one call near 2 GiB
+    if len(data) == size:
+        return data
+    chunks, position = [data], start + len(data)
+    while position < start + size:
+        chunk = os.pread(fd, start + size - position, ref.offset + position)
+        if not chunk:
+            raise ModelFileError(
+                f"tensor {ref.tensor!r} external data {ref.location!r}: unexpected end of file"
+            )
+        chunks.append(chunk)
+        position += len(chunk)
+    return b"".join(chunks)
+
+
+def read_ref(ref: ExternalRef, start: int = 0, size: int | None = None) -> bytes:
+    """The bytes of a validated reference (or ``size`` of them from ``start``), read safely.
+
+    Raises:
+        UnsafeModelError: the data file was swapped (other inode, a link) since it was checked.
+        ModelFileError: the data file shrank since it was checked.
+    """
+    size = ref.length - start if size is None else min(size, ref.length - start)
+    with _open_checked(ref) as fd:
+        return _pread_all(fd, ref, start, max(0, size))
+
+
+def iter_ref(ref: ExternalRef, chunk: int = _CHUNK) -> Iterator[bytes]:
+    """The bytes of a validated reference in chunks (one open, checked like :func:`read_ref`)."""
+    with _open_checked(ref) as fd:
+        for start in range(0, ref.length, chunk):
+            yield _pread_all(fd, ref, start, min(chunk, ref.length - start))
+
+
+def copy_ref(ref: ExternalRef, out: BinaryIO) -> int:
+    """Append a validated reference's bytes to ``out``, file to file (in the kernel where it can).
+
+    ``out`` must be a file opened for writing, positioned at its end. Returns the bytes copied.
+
+    Raises:
+        UnsafeModelError, ModelFileError: as :func:`read_ref`.
+    """
+    out.flush()
+    copied = 0
+    with _open_checked(ref) as fd:
+        try:
+            while copied < ref.length:
+                step = min(_CHUNK * 8, ref.length - copied)
+                n = os.copy_file_range(fd, out.fileno(), step, ref.offset + copied)
+                if n <= 0:
+                    break
+                copied += n
+        except (OSError, AttributeError):  # another file system, an old kernel, not Linux: user space
+            pass
+        out.seek(0, os.SEEK_END)  # the buffered file's idea of its position follows the kernel's
+        for start in range(copied, ref.length, _CHUNK):
+            out.write(_pread_all(fd, ref, start, min(_CHUNK, ref.length - start)))
+    return ref.length
+
+
+class ExternalStore:
+    """Tensors that stay on disk: each points, by a private marker, at its validated :class:`ExternalRef`.
+
+    A model adopted here keeps its external tensors as references (nothing is read); copies of those
+    tensors (into a merged model, into subgraphs) carry the marker along, so every one of them is
+    read, later, from its OWN model's folder through :func:`read_ref` — never by resolving its
+    ``location`` against some other folder. Markers found in a model before adoption are dropped,
+    so only the ones written here are trusted.
+    """
+
+    def __init__(self) -> None:
+        self._refs: list[ExternalRef] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._refs)
+
+    def adopt(self, model: onnx.ModelProto, refs: list[ExternalRef]) -> None:
+        """Mark the external tensors of ``model`` (ours) with ``refs`` (from :func:`check_external_data`)."""
+        for tensor in iter_tensors(model):
+            if any(e.key == REF_KEY for e in tensor.external_data):
+                kept = [(e.key, e.value) for e in tensor.external_data if e.key != REF_KEY]
+                del tensor.external_data[:]
+                for key, value in kept:
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+        tensors = [t for t in iter_tensors(model) if uses_external_data(t)]
+        for tensor, ref in zip(tensors, refs, strict=True):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = REF_KEY, str(len(self._refs))
+            self._refs.append(ref)
+
+    def ref_of(self, tensor: onnx.TensorProto) -> ExternalRef | None:
+        """The reference a marked external tensor stands for, or ``None``."""
+        if not uses_external_data(tensor):
+            return None
+        for entry in tensor.external_data:
+            if entry.key == REF_KEY:
+                index = int(entry.value)
+                return self._refs[index] if 0 <= index < len(self._refs) else None
+        return None
+
+    def inline(self, model: onnx.ModelProto, *, top_initializers: bool = True) -> None:
+        """Read every marked tensor of ``model`` (a model we own), wherever it sits, into the tensor.
+
+        With ``top_initializers=False`` the main graph's initializers are left on disk.
+        """
+        for tensor in iter_tensors(model, top_initializers=top_initializers):
+            ref = self.ref_of(tensor)
+            if ref is not None:
+                tensor.raw_data = read_ref(ref)
+                del tensor.external_data[:]
+                tensor.ClearField("data_location")
 
 
 def load_external_data(model: onnx.ModelProto, refs: list[ExternalRef]) -> None:
@@ -319,6 +449,6 @@ def load_external_data(model: onnx.ModelProto, refs: list[ExternalRef]) -> None:
     """
     tensors = [t for t in iter_tensors(model) if uses_external_data(t)]
     for tensor, ref in zip(tensors, refs, strict=True):
-        tensor.raw_data = _read_exact(ref)
+        tensor.raw_data = read_ref(ref)
         del tensor.external_data[:]
         tensor.ClearField("data_location")
