@@ -11,6 +11,8 @@ import onnx.shape_inference
 
 from onnxstitch import _meta
 from onnxstitch.compose._spec import graph_inputs
+from onnxstitch.compose._versions import walk_nodes
+from onnxstitch.compose._weights import check_merged
 from onnxstitch.errors import SpecError
 from onnxstitch.files import ModelLike, as_model
 
@@ -70,8 +72,13 @@ def _typed(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
         )
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton)
-    except Exception:
-        inferred = skeleton
+    except Exception as exc:  # onnx's InferenceError: the model's own types contradict each other
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(
+            f"shape inference fails on model {model.graph.name!r}, so the types of the cut are unknown: "
+            f"{first}",
+            hint="fix the model (the message names the node), e.g. re-export it",
+        ) from exc
     g = inferred.graph
     return {vi.name: vi for vi in [*g.value_info, *g.input, *g.output]}
 
@@ -181,11 +188,54 @@ def _assemble(
     for name in sorted(names):
         if name in types:
             graph.value_info.append(_vi(types, name, rename))
-    used = {(n.domain, n.op_type) for n in graph.node}
-    for func in model.functions:
-        if (func.domain, func.name) in used:
-            out.functions.append(func)
+    used = {(n.domain, n.op_type) for n in walk_nodes(graph.node)}
+    needed = _needed_functions(model.functions, used)
+    out.functions.extend(f for f in model.functions if (f.domain, f.name) in needed)
+    _check_cut(out)
     return out
+
+
+def _needed_functions(
+    functions: Sequence[onnx.FunctionProto], used: set[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """The functions called by ``used`` op types, and those they call, transitively."""
+    by_id = {(f.domain, f.name): f for f in functions}
+    needed: set[tuple[str, str]] = set()
+    todo = [u for u in used if u in by_id]
+    while todo:
+        ident = todo.pop()
+        if ident in needed:
+            continue
+        needed.add(ident)
+        todo.extend(
+            (n.domain, n.op_type) for n in walk_nodes(by_id[ident].node) if (n.domain, n.op_type) in by_id
+        )
+    return needed
+
+
+def _check_cut(model: onnx.ModelProto) -> None:
+    """Every input and output typed, and the full checker passes (on a weight-less skeleton).
+
+    Raises:
+        SpecError: a tensor of the cut has no known type, or the cut is not a valid model.
+    """
+    untyped = [
+        vi.name for vi in [*model.graph.input, *model.graph.output] if not vi.type.HasField("tensor_type")
+    ]
+    if untyped:
+        raise SpecError(
+            f"the extracted model's input/output tensor(s) {untyped} have no known type "
+            "(shape inference could not tell)",
+            hint="cut at tensors whose types the model declares or infers (a part's own inputs and outputs)",
+        )
+    try:
+        check_merged(model)
+    except Exception as exc:  # onnx's ValidationError / InferenceError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SpecError(
+            f"the extracted model is not a valid ONNX model: {first}",
+            hint="cut at other tensors (inputs= must include everything the outputs depend on)",
+        ) from exc
 
 
 def _vi(

@@ -12,7 +12,7 @@ import graphlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -21,7 +21,7 @@ import onnx.helper
 from onnxstitch import _meta
 from onnxstitch.compose._seams import Adapter, DimUnifier, dim_node
 from onnxstitch.compose._spec import Plan, graph_inputs
-from onnxstitch.compose._versions import Part
+from onnxstitch.compose._versions import Part, walk_nodes
 from onnxstitch.compose._weights import inline_copy, payload, sample_of, stored_digest, stored_sample
 from onnxstitch.files.external import ExternalStore, read_ref
 
@@ -86,18 +86,9 @@ class _Weights:
         return name
 
 
-def _node_calls(node: onnx.NodeProto) -> Iterator[onnx.NodeProto]:
-    """``node`` and every node of its subgraphs, at any depth."""
-    yield node
-    for attr in node.attribute:
-        for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            for sub in graph.node:
-                yield from _node_calls(sub)
-
-
 def _retarget(node: onnx.NodeProto, mapping: Mapping[FuncId, str]) -> None:
     """Point calls of ``node`` (and of its subgraphs) at the merged names of renamed functions."""
-    for call in _node_calls(node):
+    for call in walk_nodes([node]):
         call.op_type = mapping.get((call.domain, call.op_type, call.overload), call.op_type)
 
 
@@ -108,7 +99,7 @@ def _callees_first(functions: Sequence[onnx.FunctionProto]) -> list[onnx.Functio
         ident: {
             (c.domain, c.op_type, c.overload)
             for node in func.node
-            for c in _node_calls(node)
+            for c in walk_nodes([node])
             if (c.domain, c.op_type, c.overload) in by_id
         }
         for ident, func in by_id.items()
@@ -125,6 +116,22 @@ def _free_name(name: str, domain: str, overload: str, taken: Mapping[FuncId, byt
         n += 1
         candidate = f"{name}_{n}"
     return candidate
+
+
+def _shared_inputs(plan: Plan) -> dict[tuple[str, str], Adapter]:
+    """Inputs of one part fed by one tensor: each gets an Identity, so every input keeps its own name.
+
+    Without it the part's inputs would all be renamed to the one tensor, and ``extract`` could not
+    tell them apart again.
+    """
+    fed: dict[tuple[str, object], list[tuple[str, str]]] = {}
+    for end, name in plan.feeds.items():
+        fed.setdefault((end[0], ("input", name)), []).append(end)
+    for ln in plan.links:
+        fed.setdefault((ln.dst_part, ("link", ln.src_part, ln.src_tensor)), []).append(
+            (ln.dst_part, ln.dst_tensor)
+        )
+    return {end: Adapter() for ends in fed.values() if len(ends) > 1 for end in ends}
 
 
 def _renamer(key: str, overrides: Mapping[str, str]) -> Callable[[str], str]:
@@ -171,7 +178,8 @@ class GraphBuilder:
         targets: Mapping[str, int],
         weights: _Weights | None = None,
     ) -> None:
-        self.parts, self.plan, self.adapters, self.dims = parts, plan, adapters, dims
+        self.parts, self.plan, self.dims = parts, plan, dims
+        self.adapters = {**_shared_inputs(plan), **adapters}
         self.model = onnx.ModelProto(ir_version=ir_version, producer_name="onnxstitch")
         self.model.graph.name = "+".join(plan.order)
         for domain, version in sorted(targets.items()):
@@ -301,11 +309,13 @@ class GraphBuilder:
             current = out
         if adapter.cast_to is not None:
             steps.append(onnx.helper.make_node("Cast", [current], [f"{key}/{name}"], to=adapter.cast_to))
+        if not steps:  # one tensor feeds several inputs of this part: each keeps a name of its own
+            steps.append(onnx.helper.make_node("Identity", [current], [f"{key}/{name}"]))
         for node in steps:
             node.name = f"{key}/{name}@{node.op_type.lower()}"
             _meta.set_prop(node, _meta.PART, key + ADAPTER_SUFFIX)
             self.model.graph.node.append(node)
-        log.info("seam %s: inserted %s", source, adapter.describe())
+        log.info("seam %s: inserted %s", source, adapter.describe() or "Identity")
 
     def _value_info(self, key: str, rename: Callable[[str], str], interface: set[str]) -> None:
         """Carry the part's value_info (and its seam outputs' types) over, renamed, dims unified."""

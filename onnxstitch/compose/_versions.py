@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,8 +242,17 @@ def _op_from_message(message: str) -> str | None:
     return match.group(1) if match else None
 
 
+def walk_nodes(nodes: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
+    """Every node of ``nodes`` and of their subgraphs (``If``/``Loop``/``Scan`` bodies), at any depth."""
+    for node in nodes:
+        yield node
+        for attr in node.attribute:
+            for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                yield from walk_nodes(graph.node)
+
+
 def _changed_ops(model: onnx.ModelProto, have: int, want: int) -> list[str]:
-    ops = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")})
+    ops = sorted({n.op_type for n in walk_nodes(model.graph.node) if n.domain in ("", "ai.onnx")})
     return [op for op in ops if not _same_schema(op, "", have, want)]
 
 
@@ -258,7 +267,7 @@ def _same_schema(op: str, domain: str, have: int, want: int) -> bool:
 
 
 def _nodes_of_domain(model: onnx.ModelProto, domain: str) -> list[str]:
-    return sorted({n.op_type for n in model.graph.node if n.domain == domain})
+    return sorted({n.op_type for n in walk_nodes(model.graph.node) if n.domain == domain})
 
 
 def _check_unchanged(key: str, ops: list[str], domain: str, have: int, want: int, where: str = "") -> None:
@@ -282,6 +291,6 @@ def _restore_functions(part: Part, source: onnx.ModelProto, targets: Mapping[str
             want = targets.get(domain)
             if want is None or want == entry.version:
                 continue
-            ops = sorted({n.op_type for n in func.node if (n.domain or "") == domain})
+            ops = sorted({n.op_type for n in walk_nodes(func.node) if (n.domain or "") == domain})
             _check_unchanged(part.key, ops, domain, entry.version, want, f" (function {func.name!r})")
             entry.version = want
