@@ -184,6 +184,13 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in {path, *files} if f.exists())
 
 
+def _written(path: Path) -> onnx.ModelProto:
+    """The merged model just written, for the summary (its external weights are not read)."""
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
+
+
 def _inserted(model: onnx.ModelProto) -> list[dict[str, str]]:
     """The adapters the merge inserted at the seams (tagged ``<key>.adapter``)."""
     from onnxstitch import _meta
@@ -271,15 +278,20 @@ def merge_command(
     opset = job.opset if opset is None else opset
     optimize = job.optimize if optimize is None else optimize
     with err_console.status("merging", spinner="dots") if not json_out else nullcontext():
+        # without --optimize the merge writes `out` itself: the parts' weights go file to file
+        target = None if optimize else out
         if job.chain:
-            merged = run_chain(job.models, opset=opset)
+            result = run_chain(job.models, opset=opset, save_to=target)
         else:
-            merged = run_merge(job.models, job.links, inputs=job.inputs, outputs=job.outputs, opset=opset)
+            result = run_merge(
+                job.models, job.links, inputs=job.inputs, outputs=job.outputs, opset=opset, save_to=target
+            )
+        merged = _written(out) if isinstance(result, Path) else result
         inserted = _inserted(merged)
         nodes_before = len(merged.graph.node)
         if optimize:  # here rather than merge(optimize=True): the summary reports what was inserted
             merged = run_optimize(merged)
-        save(merged, out)
+            save(merged, out)
     seams = max(len(job.models) - 1, 0) if job.chain else len(job.links)
     summary = _summary(merged, out, links=seams, inserted=inserted)
     summary["optimized_from_nodes"] = nodes_before if optimize else None

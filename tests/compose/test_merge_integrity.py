@@ -271,3 +271,76 @@ def test_merge_after_a_shared_thread_pool_session(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "ok [18] (2, 2)" in done.stdout
+
+
+# -- the streaming route -----------------------------------------------------------------------------
+def _big_linear(name: str, seed: int, n: int = 256) -> onnx.ModelProto:
+    """A part with a 256 KiB weight (bigger than the 64 KiB the dedup samples read from each end)."""
+    return linear(name, n, n, seed)
+
+
+def test_save_to_copies_weights_file_to_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """merge(save_to=) from paths: the weights are never read whole, the result equals the in-memory merge."""
+    import onnxstitch.compose._graph as graph_module
+    import onnxstitch.compose._weights as weights_module
+    from onnxstitch.files import _write
+
+    a, b = _big_linear("a", 0), _big_linear("b", 1)
+    pa, pb = _externalize(a, tmp_path / "a"), _externalize(b, tmp_path / "b")
+    in_memory = ox.chain({"a": pa, "b": pb})
+    reads: list[int] = []
+    real = weights_module.read_ref
+
+    def counting(ref, start=0, size=None):  # type: ignore[no-untyped-def]
+        data = real(ref, start, size)
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(weights_module, "read_ref", counting)
+    monkeypatch.setattr(graph_module, "read_ref", counting)
+    monkeypatch.setattr(_write, "AUTO_EXTERNAL_BYTES", 1)  # as past 2 GB: external data
+    (tmp_path / "out").mkdir()
+    out = ox.chain({"a": pa, "b": pb}, save_to=tmp_path / "out" / "m.onnx")
+    assert out == tmp_path / "out" / "m.onnx"
+    assert (tmp_path / "out" / "m.onnx.data").stat().st_size >= 2 * 256 * 256 * 4
+    assert max(reads) <= 1 << 16  # only the dedup samples: the weights went file to file
+    saved = ox.load(out)
+    assert [onnx.numpy_helper.to_array(t).tobytes() for t in saved.graph.initializer] == [
+        onnx.numpy_helper.to_array(t).tobytes() for t in in_memory.graph.initializer
+    ]
+    x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
+    np.testing.assert_allclose(run(str(out), {"x": x})["y"], run(b, {"x": run(a, {"x": x})["y"]})["y"], **TOL)
+
+
+def test_save_to_inline_and_with_in_memory_parts(tmp_path: Path) -> None:
+    """Below 2 GB the .onnx holds the weights (streamed into it); ModelProto parts work too."""
+    a = _big_linear("a", 0)
+    pb = _externalize(_big_linear("b", 1), tmp_path / "b")
+    out = ox.chain({"a": a, "b": pb}, save_to=tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx.data").exists()
+    saved = ox.load(out)
+    expected = ox.chain({"a": a, "b": pb})
+    assert saved.graph == expected.graph
+    replaced = ox.replace(out, "b", _big_linear("b", 2), save_to=tmp_path / "r.onnx")
+    assert len(ox.load(replaced).graph.initializer) == 4
+
+
+def test_save_streams_an_in_memory_model(tmp_path: Path) -> None:
+    """ox.save never holds the model serialized: Python's peak is about one tensor, not all weights."""
+    import tracemalloc
+
+    model = linear("a", 4, 4, 0)
+    rng = np.random.default_rng(0)
+    for i in range(8):  # 8 x 2 MiB
+        model.graph.initializer.append(
+            onnx.numpy_helper.from_array(rng.standard_normal(1 << 19).astype(np.float32), f"extra{i}")
+        )
+    tracemalloc.start()
+    try:
+        ox.save(model, tmp_path / "m.onnx", external_data=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 6 << 20, f"peak {peak / 2**20:.1f} MiB while saving 16 MiB of weights"
+    loaded = ox.load(tmp_path / "m.onnx")
+    assert loaded == model
