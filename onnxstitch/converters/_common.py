@@ -43,7 +43,6 @@ Checks:
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 import re
