@@ -7,13 +7,14 @@ One module per verb group; each defines ``register(app)``. Exit codes: 0 ok, 1 t
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from onnxstitch.cli._common import err_console
+from onnxstitch.cli._common import BROKEN_PIPE_EXIT, err_console, quiet_broken_pipe
 from onnxstitch.errors import StitchError
 
 # verb modules under onnxstitch.cli, registered in this order (order of `--help`)
@@ -39,11 +40,15 @@ def _os_message(exc: OSError) -> str:
 
 
 class _StitchGroup(TyperGroup):
-    """Turns a StitchError (or an OS error on a user's path) below into one line and exit code 1."""
+    """Turns a StitchError (or an OS error on a user's path) below into one line and exit code 1;
+    a closed stdout (``| head``) ends the command quietly."""
 
     def invoke(self, ctx: Any) -> Any:  # typer vendors click: its Context type is private
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            quiet_broken_pipe()
+            raise typer.Exit(code=BROKEN_PIPE_EXIT) from None
         except StitchError as exc:
             message = str(exc)
         except OSError as exc:  # a path the user named: missing folder, no permission, a file not a dir
@@ -75,6 +80,13 @@ def _build_app() -> typer.Typer:
 app = _build_app()
 
 
+__all__ = ["BROKEN_PIPE_EXIT", "app", "main"]
+
+
 def main() -> None:
     """Entry point of the ``onnxstitch`` console script."""
-    app()
+    try:
+        app()
+    except BrokenPipeError:  # raised outside a command (while click prints help or usage)
+        quiet_broken_pipe()
+        sys.exit(BROKEN_PIPE_EXIT)

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
-from onnxstitch.cli._common import console, err_console, import_object, print_json
+from onnxstitch.cli._common import console, hints_as_flags, import_object, print_json, stage_progress
 from onnxstitch.errors import ConversionError, StitchError
 
 __all__ = ["parse_dynamic", "parse_layouts", "parse_tensor_spec", "register"]
@@ -79,14 +79,17 @@ def import_tensorflow_quietly() -> None:
 
 
 @contextmanager
-def _working(json_out: bool) -> Iterator[None]:
-    """A spinner on stderr; with ``--json``, whatever the frameworks print goes to stderr instead."""
-    if json_out:
-        with redirect_stdout(sys.stderr):
-            yield
-    else:
-        with err_console.status("converting", spinner="dots"):
-            yield
+def _working(json_out: bool, source: Any) -> Iterator[None]:
+    """Stage progress on stderr (each converter stage and the elapsed time); with ``--json`` no
+    progress, and whatever the frameworks print goes to stderr. Errors come out in the command
+    line's words (``--no-validate``, ``--rtol``, not ``validate=False``)."""
+    with hints_as_flags():
+        if json_out:
+            with redirect_stdout(sys.stderr):
+                yield
+        else:
+            with stage_progress(f"converting {source}"):
+                yield
 
 
 # ---------------------------------------------------------------------------------------- parsing
@@ -304,7 +307,7 @@ def torch_command(
             f"torch model {source!r}: --example-input (-e) is needed to export a module",
             hint="give the shape of one real input per forward argument, e.g. -e 1x3x224x224",
         )
-    with _working(json_out), examples_hint_names_option():
+    with _working(json_out, source), examples_hint_names_option():
         model = from_torch(
             module,
             examples,
@@ -386,7 +389,7 @@ def _convert_keras(
     from onnxstitch.converters import from_keras
 
     import_tensorflow_quietly()
-    with _working(json_out):
+    with _working(json_out, source):
         model = from_keras(
             source,
             input_signature=_signature(signature),

@@ -150,9 +150,10 @@ def demo_command(
 
     from onnxstitch.cli.convert import import_tensorflow_quietly
     from onnxstitch.demo import run_demo
-    from onnxstitch.demo._run import check_out_dir
+    from onnxstitch.demo._run import check_dependencies, check_out_dir
 
-    check_out_dir(out)  # before TensorFlow's import (seconds) and the training (a minute)
+    check_dependencies()  # before TensorFlow's import (seconds) and the training (a minute)
+    check_out_dir(out)
     name = flavour.value
     console.print(f"[bold]onnxstitch demo[/] ({name}): two frameworks, one ONNX model → {out}{os.sep}\n")
     import_tensorflow_quietly()  # TensorFlow's start-up chatter, twice, would break the progress display

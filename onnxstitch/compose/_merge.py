@@ -345,7 +345,9 @@ def _merge_sources(
         raise SeamError(
             f"{len(seams.problems)} problem(s) at the seams:\n  " + "\n  ".join(seams.problems),
             problems=seams.problems,
-            hint="insert the suggested adapter (ox.adapters.*) as a part of its own, or fix the part",
+            hint="insert the suggested adapter (ox.adapters.*) as a part of its own, or fix the part"
+            if any("ox.adapters." in p for p in seams.problems)
+            else "no adapter fits: fix the part that produces or takes the tensor so their dims agree",
         )
     _name_dims(parts, plan, seams)  # dims: the classes are named before the build uses them
     ir_version = ir_for(targets, owned_ir)

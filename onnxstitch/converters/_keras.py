@@ -133,11 +133,14 @@ def from_keras(
     _common.require("keras", package="keras", extra="keras", purpose=_PURPOSE)
     target = _check_opset(opset)
     traced = _resolve(model_or_path, input_signature, tf=tf, trusted=trusted)
+    logger.info("tracing %s", traced.what)
     trace(traced)
     refuse_unsafe_graph(traced, trusted=trusted)
     with _restored_env("TF_CPP_MIN_LOG_LEVEL"):
         _common.require("tf2onnx.convert", package="tf2onnx", extra="keras", purpose=_PURPOSE)
+        logger.info("converting %s with tf2onnx (opset %d)", traced.what, target)
         raw = run_tf2onnx(traced, target, op_handlers=op_handlers)
+    logger.info("checking the ONNX model of %s", traced.what)
     model = _clean(raw, traced, layouts, opset=target)
     if validate:
         report = _common.validate(model, traced.reference, what=traced.what, rtol=rtol, atol=atol)

@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -173,12 +174,22 @@ class _ThreadCapture(logging.Filter):
         return False
 
 
+def _quieted_names() -> set[str]:
+    """Every logger tf2onnx and TensorFlow use: existing ones, one per imported module (tf2onnx gets
+    some loggers inside functions, e.g. ``optimize_graph``'s) and one per tf2onnx optimizer class."""
+    names = {n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in _QUIETED}
+    names.update(n for n in list(sys.modules) if n.split(".")[0] == "tf2onnx")
+    optimizer = sys.modules.get("tf2onnx.optimizer")
+    factories = getattr(optimizer, "_optimizers", {}) if optimizer is not None else {}
+    names.update(f"tf2onnx.optimizer.{getattr(f, '__name__', '')}" for f in factories.values())
+    return names | set(_QUIETED)
+
+
 @contextmanager
 def _quiet_logs() -> Iterator[None]:
     """tf2onnx's and TensorFlow's log records of this thread → our debug log, for the block only."""
     capture = _ThreadCapture()
-    names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in _QUIETED]
-    loggers = [logging.getLogger(n) for n in {*names, *_QUIETED}]
+    loggers = [logging.getLogger(n) for n in _quieted_names()]
     for log in loggers:
         log.addFilter(capture)
     try:

@@ -6,9 +6,11 @@ Only the public API is used past training (``import onnxstitch as ox``): ``ox.fr
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,7 +26,7 @@ from onnxstitch.demo import DEFAULT_EPOCHS, FLAVOURS
 from onnxstitch.demo._data import Digits, load_digits_split
 from onnxstitch.demo._report import confusion_matrix, render_report, write_plot
 from onnxstitch.demo._train import NativeParts, setup_frameworks, train_first, train_second
-from onnxstitch.errors import StitchError
+from onnxstitch.errors import MissingDependencyError, StitchError
 
 __all__ = ["DemoResult", "LatencyRow", "ProgressEvent", "run_demo", "stages"]
 
@@ -194,6 +196,41 @@ def _check_options(flavour: str, epochs: int, repeats: int, threads: int | None)
         problems.append(f"threads must be a positive integer, got {threads!r}")
     if problems:
         raise StitchError("invalid demo options: " + "; ".join(problems))
+
+
+# (module, package to install, what the demo needs it for), checked before anything runs
+DEPENDENCIES = (
+    ("torch", "torch", "training the PyTorch part"),
+    ("tensorflow", "tensorflow", "training the Keras part"),
+    ("keras", "keras", "training the Keras part"),
+    ("tf2onnx", "tf2onnx", "converting the Keras part"),
+    ("sklearn", "scikit-learn", "the digits data set"),
+    ("matplotlib", "matplotlib", "the plot"),
+)
+
+
+def _installed(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_dependencies() -> None:
+    """Check that every package the demo needs is installed, before a minute of training.
+
+    Looks for the packages without importing them (milliseconds).
+
+    Raises:
+        MissingDependencyError: one or more are missing (all of them named, with what each is for).
+    """
+    missing = [(package, why) for module, package, why in DEPENDENCIES if not _installed(module)]
+    if missing:
+        names = ", ".join(package for package, _ in missing)
+        uses = "; ".join(f"{package}: {why}" for package, why in missing)
+        raise MissingDependencyError(names, extra="demo", purpose=f"The demo ({uses})")
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -369,6 +406,7 @@ def run_demo(
         ValidationError: the merged model disagrees with the native chain (never expected).
     """
     _check_options(flavour, epochs, repeats, threads)
+    check_dependencies()
     check_out_dir(Path(out_dir))
     n_threads = threads or min(os.cpu_count() or 1, 4)
     seconds: dict[str, float] = {}

@@ -200,19 +200,21 @@ def test_unsupported_string_op_hint_proposes_preprocessing() -> None:
 
 
 # -------------------------------------------------------------------------- quiet (item 9)
-def test_conversion_logs_no_tf2onnx_warnings_and_leaves_loggers_alone(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    before = {n: list(logging.getLogger(n).filters) for n in ("tf2onnx", "tf2onnx.optimizer", "tensorflow")}
-    x = keras.Input((3,), dtype="string", name="s")
-    model = keras.Model(x, keras.layers.StringLookup(vocabulary=["a", "b"])(x))  # tf2onnx warns a lot here
+def test_mobilenet_v3_conversion_is_quiet_and_leaves_loggers_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """tf2onnx logs two whole ``optimize_transpose`` tracebacks on this successful conversion."""
+    names = ("tf2onnx", "tf2onnx.optimizer", "tensorflow")
+    before = {n: (list(logging.getLogger(n).filters), logging.getLogger(n).level) for n in names}
+    model = keras.applications.MobileNetV3Small(
+        weights=None, input_shape=(32, 32, 3), include_top=False, pooling="avg"
+    )
     with caplog.at_level(logging.DEBUG):
-        from_keras(model, validate=False)
+        from_keras(model, validate=False)  # random-init MobileNetV3 outputs ~1e-10: nothing to compare
     loud = [
         r
         for r in caplog.records
         if r.name.startswith(("tf2onnx", "tensorflow")) and r.levelno >= logging.INFO
     ]
     assert loud == []
-    assert any(r.name == "onnxstitch.converters._tf2onnx" for r in caplog.records)  # kept, at debug
-    assert {n: list(logging.getLogger(n).filters) for n in before} == before
+    kept = [r.getMessage() for r in caplog.records if r.name == "onnxstitch.converters._tf2onnx"]
+    assert any("Failed to apply optimize_transpose" in m for m in kept)  # still there, at debug level
+    assert {n: (list(logging.getLogger(n).filters), logging.getLogger(n).level) for n in names} == before
