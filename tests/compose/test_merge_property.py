@@ -16,7 +16,7 @@ import onnxstitch as ox
 from onnxstitch import _meta as ox_meta
 from onnxstitch.errors import SeamError
 
-UNARY = ["Relu", "Tanh", "Neg", "Abs", "Sigmoid", "Linear"]
+UNARY = ["Relu", "Tanh", "Neg", "Abs", "Sigmoid", "Linear", "Func:Relu", "Func:Neg", "If:1", "If:0"]
 BINARY = ["Add", "Mul", "Sub"]
 VERSIONS = [(8, 15), (8, 17), (10, 18), (10, 20)]
 
@@ -24,6 +24,24 @@ VERSIONS = [(8, 15), (8, 17), (10, 18), (10, 20)]
 def _part(i: int, op: str, version: tuple[int, int]) -> onnx.ModelProto:
     ir, opset = version
     header = f'<ir_version: {ir}, opset_import: ["" : {opset}]>'
+    if op.startswith("Func:"):  # local functions F and H (H calls F); every such part names them alike
+        imports = f'opset_import: ["" : {opset}, "local" : 1]'
+        return onnx.parser.parse_model(f"""
+            <ir_version: {ir}, {imports}>
+            p{i} (float[N, 4] x) => (float[N, 4] y) {{ y = local.H(x) }}
+            <domain: "local", {imports}>
+            F (a) => (b) {{ b = {op[5:]}(a) }}
+            <domain: "local", {imports}>
+            H (a) => (b) {{ t = local.F(a)
+              b = Sigmoid(t) }}""")
+    if op.startswith("If:"):  # an If on a constant condition; its branches read the part's input
+        return onnx.parser.parse_model(f"""
+            {header}
+            p{i} (float[N, 4] x) => (float[N, 4] y) {{
+              c = Constant<value = bool {{{op[3:]}}}>()
+              y = If(c) <then_branch = g1 () => (float[N, 4] t) {{ t = Relu(x) }},
+                         else_branch = g2 () => (float[N, 4] e) {{ e = Neg(x) }}>
+            }}""")
     if op in BINARY:
         sig = "(float[batch, 4] p, float[batch, 4] q) => (float[batch, 4] y)"
         text = f"{header}\np{i} {sig} {{ y = {op}(p, q) }}"
