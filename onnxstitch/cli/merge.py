@@ -185,10 +185,10 @@ def _size(path: Path) -> int:
 
 
 def _written(path: Path) -> onnx.ModelProto:
-    """The merged model just written, for the summary (its external weights are not read)."""
-    import onnx
+    """The merged model just written, for the summary (its weights are not read)."""
+    from onnxstitch.files._read import load_header
 
-    return onnx.load(str(path), load_external_data=False)
+    return load_header(path)
 
 
 def _inserted(model: onnx.ModelProto) -> list[dict[str, str]]:

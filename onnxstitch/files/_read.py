@@ -18,7 +18,7 @@ from onnxstitch.files._limits import PROTOBUF_LIMIT, check_versions
 from onnxstitch.files.external import ExternalRef, check_external_data, load_external_data
 from onnxstitch.files.sniff import HEAD_BYTES, describe_bytes, describe_text, looks_like_text
 
-__all__ = ["external_refs", "load_model"]
+__all__ = ["external_refs", "load_header", "load_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -199,3 +199,85 @@ def load_model(path: Path, *, verify: bool, trusted_layout: bool = False) -> onn
     _check_model(path)
     load_external_data(model, refs)
     return model
+
+
+def _varint(buf: Any, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _fields(buf: Any, start: int, end: int) -> list[tuple[int, int, int, int]]:
+    """``(field number, field start, payload start, field end)`` of each field in ``buf[start:end]``."""
+    out = []
+    pos = start
+    while pos < end:
+        key, body = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, stop = _varint(buf, body)
+        elif wire == 1:
+            stop = body + 8
+        elif wire == 5:
+            stop = body + 4
+        elif wire == 2:
+            length, body = _varint(buf, body)
+            stop = body + length
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        out.append((number, pos, body, stop))
+        pos = stop
+    return out
+
+
+def _without(buf: Any, start: int, end: int, skip: int, keep: Any = None) -> bytes:
+    """The fields of ``buf[start:end]`` but field ``skip``; ``keep(payload_start, end)`` rewrites those."""
+    parts: list[bytes] = []
+    for number, first, body, stop in _fields(buf, start, end):
+        if number != skip:
+            parts.append(bytes(buf[first:stop]))
+        elif keep is not None:
+            _, tag_end = _varint(buf, first)
+            inner = keep(body, stop)
+            parts.append(bytes(buf[first:tag_end]) + _encode_varint(len(inner)) + inner)
+    return b"".join(parts)
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def load_header(path: Path) -> onnx.ModelProto:
+    """The model at ``path`` without the bytes of its initializers (their ``raw_data``), for summaries.
+
+    The file is memory-mapped and walked field by field, so a model holding 2 GB of weights inline
+    costs about its graph's size, not its weights'. Initializers keep their name, type and dims.
+
+    Raises:
+        ModelFileError: the file cannot be read or is not a protobuf.
+    """
+    import mmap
+
+    graph_no = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
+    init_no = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
+    raw_no = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+
+            def graph(start: int, end: int) -> bytes:
+                return _without(buf, start, end, init_no, lambda s, e: _without(buf, s, e, raw_no))
+
+            header = _without(buf, 0, len(buf), graph_no, graph)
+    except (OSError, ValueError, IndexError) as exc:
+        raise ModelFileError(f"cannot read {str(path)!r} as an ONNX model: {exc}") from exc
+    return _parse(header, path.name)

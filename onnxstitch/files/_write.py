@@ -209,14 +209,13 @@ def _write_streamed(fh: BinaryIO, model: onnx.ModelProto, name: str, store: Exte
     """
     head = onnx.ModelProto()
     _copy_fields(model, head, frozenset({"graph"}))
-    graph_head = onnx.GraphProto()
-    _copy_fields(model.graph, graph_head, frozenset({"initializer"}))
-    inline_nested = onnx.ModelProto(graph=graph_head, functions=head.functions)
-    store.inline(inline_nested)  # marked tensors in nodes/subgraphs/functions: read (they are small)
-    del head.functions[:]
-    head.functions.extend(inline_nested.functions)
+    _copy_fields(model.graph, head.graph, frozenset({"initializer"}))
+    store.inline(head)  # marked tensors in nodes/subgraphs/functions: read into our copy (they are small)
+    total = inline_bytes(head)
+    graph_bytes = head.graph.SerializeToString()
+    init_tag = _field_tag(head.graph, "initializer")
+    head.ClearField("graph")
     entries: list[tuple[bytes, onnx.TensorProto | None, int]] = []  # (serialized head, source, bytes)
-    total = inline_bytes(inline_nested)
     for tensor in model.graph.initializer:
         ref = store.ref_of(tensor)
         size = ref.length if ref is not None else _nbytes(tensor)
@@ -230,8 +229,6 @@ def _write_streamed(fh: BinaryIO, model: onnx.ModelProto, name: str, store: Exte
             (stub.SerializeToString() + _field_tag(stub, "raw_data") + _varint(size), tensor, size)
         )
     _check_inline_size(total, name)
-    init_tag = _field_tag(graph_head, "initializer")
-    graph_bytes = graph_head.SerializeToString()
     graph_len = len(graph_bytes) + sum(
         len(init_tag) + len(_varint(len(body) + size)) + len(body) + size for body, _, size in entries
     )

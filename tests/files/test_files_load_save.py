@@ -335,3 +335,23 @@ def test_invalid_utf8_text_is_corrupt(tmp_path: Path) -> None:
     p.write_bytes(blob)
     with pytest.raises(ModelFileError, match=r"the text of model\.graph\.name is not valid UTF-8"):
         files.load(p)
+
+
+def test_load_header_reads_no_weights(tmp_path: Path) -> None:
+    """The header of a saved model: everything but the initializers' bytes, inline or external."""
+    from onnxstitch.files._read import load_header
+
+    model = make_model()
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((64, 64)).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(big, "big"))
+    for external in (False, True):
+        path = tmp_path / f"m{external}.onnx"
+        files.save(model, path, external_data=external)
+        header = load_header(path)
+        expected = onnx.load(str(path), load_external_data=False)
+        for tensor in expected.graph.initializer:
+            tensor.ClearField("raw_data")
+        assert header == expected
+        shapes = [list(t.dims) for t in header.graph.initializer]
+        assert shapes == [list(t.dims) for t in model.graph.initializer]
