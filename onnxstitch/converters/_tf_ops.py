@@ -76,7 +76,7 @@ UNSAFE_FAMILIES: Mapping[str, frozenset[str]] = {
             "MergeV2Checkpoints",  # deletes the merged shards and, with delete_old_dirs, folders
             "DumpTensor",
             "CalibrationStatisticsSaver",
-            "PrintV2",  # output_stream may be "file://<path>"
+            "PrintV2",  # only with output_stream "file://<path>" (tf.print to stderr is allowed)
             "DebugIdentity",  # debug_urls may be "file://<dir>"
             "DebugIdentityV2",
             "DebugIdentityV3",
@@ -233,17 +233,27 @@ def scan_graph_def(graph_def: Any, *, saver_nodes: Iterable[str] = ()) -> dict[s
     checkpoint_only = saver_fns - _closure(other_roots, calls)
     found: dict[str, list[str]] = {}
 
-    def check(op: str, where: str, exempt: bool) -> None:
-        if op in UNSAFE_TF_OPS and not (exempt and op in CHECKPOINT_OPS):
-            found.setdefault(op, []).append(where)
+    def check(node: Any, where: str, exempt: bool) -> None:
+        if _denied(node) and not (exempt and node.op in CHECKPOINT_OPS):
+            found.setdefault(node.op, []).append(where)
 
     for node in graph_def.node:
-        check(node.op, f"graph/{node.name}", exempt=False)
+        check(node, f"graph/{node.name}", exempt=False)
     for function in graph_def.library.function:
         name = function.signature.name
         for node in function.node_def:
-            check(node.op, f"{name}/{node.name}", exempt=name in checkpoint_only)
+            check(node, f"{name}/{node.name}", exempt=name in checkpoint_only)
     return found
+
+
+def _denied(node: Any) -> bool:
+    """Whether a ``NodeDef`` is denied; ``tf.print`` to stderr/stdout/a log (its default) is not."""
+    if node.op not in UNSAFE_TF_OPS:
+        return False
+    if node.op == "PrintV2" and "output_stream" in node.attr:
+        stream: bytes = node.attr["output_stream"].s
+        return stream.startswith(b"file://")
+    return True
 
 
 def scan_saved_model(path: Path) -> dict[str, list[str]]:

@@ -143,6 +143,14 @@ def test_every_family_has_a_case() -> None:
     assert covered == set(UNSAFE_FAMILIES)
 
 
+def test_print_to_stderr_is_allowed() -> None:
+    def log(x: Any) -> Any:
+        tf.print("x is", x)
+        return x + 1.0
+
+    assert scan_graph_def(traced_graph(log, SPEC)) == {}
+
+
 def test_pure_graph_passes() -> None:
     assert scan_graph_def(traced_graph(lambda x: tf.nn.relu(x) @ tf.ones((2, 2)), SPEC)) == {}
 
