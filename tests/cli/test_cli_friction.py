@@ -101,6 +101,7 @@ def build():
 
 
 def test_validation_failure_hint_speaks_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
     name = f"noisy_{uuid.uuid4().hex[:12]}"
     (tmp_path / f"{name}.py").write_text(textwrap.dedent(NOISY))
     monkeypatch.chdir(tmp_path)
@@ -116,7 +117,8 @@ def test_validation_failure_hint_speaks_cli(tmp_path: Path, monkeypatch: pytest.
 # ------------------------------------------------------------------------------------- progress
 @pytest.fixture(scope="module")
 def keras_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import keras
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("tf2onnx")
 
     x = keras.Input((6,), name="x")
     model = keras.Model(x, keras.layers.Dense(3, name="y")(x))

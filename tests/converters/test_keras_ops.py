@@ -1,7 +1,7 @@
 """from_keras on what real Keras models hold: captured preprocessing constants, exact gelu, grouped
 convolutions, lookup tables; and the fix each unsupported op is offered.
 
-TensorFlow, Keras and tf2onnx are imported, not skipped: without them these tests must fail.
+Without TensorFlow, Keras or tf2onnx these tests skip, and fail in CI (``ONNXSTITCH_REQUIRE_FRAMEWORKS``).
 """
 
 from __future__ import annotations
@@ -9,17 +9,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import tensorflow as tf
 
 from onnxstitch.converters import from_keras
 from onnxstitch.converters._keras_sources import Traced
-from onnxstitch.converters._tf2onnx import _check_inputs
+from onnxstitch.converters._tf2onnx import _check_inputs, _quiet_logs
 from onnxstitch.errors import ConversionError, UnsupportedOpsError
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+pytest.importorskip("tf2onnx")
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[str]:
@@ -70,6 +72,17 @@ def test_tf_function_captures_become_constants() -> None:
         return v @ table
 
     converted = from_keras(project)
+    assert graph_inputs(converted) == ["v"]
+
+
+def test_tf_function_captured_variable_becomes_a_constant() -> None:
+    weights = tf.Variable([[1.0, -2.0], [0.5, 4.0]])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 2), tf.float32, name="v")])
+    def mix(v: Any) -> Any:
+        return tf.nn.relu(v @ weights)
+
+    converted = from_keras(mix)
     assert graph_inputs(converted) == ["v"]
 
 
@@ -218,3 +231,24 @@ def test_mobilenet_v3_conversion_is_quiet_and_leaves_loggers_alone(caplog: pytes
     kept = [r.getMessage() for r in caplog.records if r.name == "onnxstitch.converters._tf2onnx"]
     assert any("Failed to apply optimize_transpose" in m for m in kept)  # still there, at debug level
     assert {n: (list(logging.getLogger(n).filters), logging.getLogger(n).level) for n in names} == before
+
+
+def test_log_quieting_is_scoped_to_the_converting_thread(caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    tf2onnx_log = logging.getLogger("tf2onnx.tfonnx")
+    with caplog.at_level(logging.DEBUG), _quiet_logs():
+        tf2onnx_log.warning("from the converting thread")
+        other = threading.Thread(target=tf2onnx_log.warning, args=("from another thread",))
+        other.start()
+        other.join()
+    tf2onnx_log.warning("after the conversion")
+    seen = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert ("tf2onnx.tfonnx", logging.WARNING, "from another thread") in seen
+    assert ("tf2onnx.tfonnx", logging.WARNING, "after the conversion") in seen
+    assert ("tf2onnx.tfonnx", logging.WARNING, "from the converting thread") not in seen
+    assert (
+        "onnxstitch.converters._tf2onnx",
+        logging.DEBUG,
+        "tf2onnx.tfonnx: from the converting thread",
+    ) in seen
