@@ -640,10 +640,14 @@ def _symbol_mapping(
 def _batch_proof(
     torch: Any, source: _Source, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> _batch.BatchProof | None:
-    """Which inputs' dim 0 is the batch, from runs of the module (see ``converters._batch``)."""
+    """Which inputs' dim 0 is the batch, from runs of the module (see ``converters._batch``).
+
+    Only for several inputs: one input's dim 0 reaches an output only where the exporter's symbolic
+    shapes link them (dynamo), or ``_tie_traced_outputs`` saw it follow (TorchScript).
+    """
     tensors = [*args, *kwargs.values()]
-    if source.is_program or any(t.device.type != "cpu" for t in tensors):
-        return None  # a program's dims are fixed; a module on an accelerator is not moved for this
+    if sum(t.dim() >= 1 for t in tensors) < 2 or any(t.device.type != "cpu" for t in tensors):
+        return None  # a module on an accelerator is not moved to the CPU for this
     try:
         examples = _batch.as_numpy(tensors)
     except (TypeError, RuntimeError):  # e.g. bfloat16 has no numpy dtype

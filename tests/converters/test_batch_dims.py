@@ -90,6 +90,21 @@ def test_inspect_says_why_batching_is_off(attend_onnx: onnx.ModelProto, tmp_path
     assert "batching off: dim 0 is 'batch' elsewhere, but input 'memory' has dim 0 'memory_dim0'" in flat
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own-dims", "one-dim"])
+def test_torch_program_memory_is_the_batch_only_when_the_program_ties_it(
+    tmp_path: Path, shared: bool
+) -> None:
+    """A .pt2 whose memory has a Dim of its own keeps it apart; one Dim for both ties them (its guard)."""
+    batch = torch.export.Dim("b")
+    rows = batch if shared else torch.export.Dim("m")
+    examples = (torch.randn(2, 8), torch.randn(2 if shared else 6, 8))
+    program = torch.export.export(Attend(), examples, dynamic_shapes=({0: batch}, {0: rows}))
+    torch.export.save(program, tmp_path / "attend.pt2")
+    model = ox.from_torch(tmp_path / "attend.pt2", trusted=True)
+    assert shapes(model)["memory"] == (["batch", 8] if shared else ["memory_dim0", 8])
+    assert config(model).max_batch_size == (64 if shared else 0)
+
+
 def test_torch_batch_major_inputs_stay_one_batch() -> None:
     """The control: two batch-major inputs (tied by an add) keep one ``batch`` and Triton batches."""
 
