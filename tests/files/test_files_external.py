@@ -235,3 +235,46 @@ def test_trusted_external_data_allows_links_but_not_escapes(
     bad_len = external_model(folder=tmp_path / "len", length="4096")
     with pytest.raises(ModelFileError, match="past the file's end"):
         files.load(bad_len, trusted_external_data=True)
+
+
+def test_store_trusts_only_its_own_markers(external_model: WriteModel, tmp_path: Path) -> None:
+    """A marker written into a model file by someone else never reaches another model's data."""
+    from onnxstitch.files._read import external_refs
+    from onnxstitch.files.external import REF_KEY, ExternalStore
+
+    store = ExternalStore()
+    first, first_refs = external_refs(external_model(folder=tmp_path / "one"))
+    store.adopt(first, first_refs)
+    forged_path = external_model(folder=tmp_path / "two")
+    forged = onnx.load(str(forged_path), load_external_data=False)
+    entry = forged.graph.initializer[0].external_data.add()
+    entry.key, entry.value = REF_KEY, "0"  # "read me from model one's file"
+    inline = forged.graph.initializer.add()
+    inline.CopyFrom(numpy_helper.from_array(np.zeros(2, np.float32), "inline"))
+    entry = inline.external_data.add()
+    entry.key, entry.value = REF_KEY, "0"
+    forged_path.write_bytes(forged.SerializeToString())
+    second, second_refs = external_refs(forged_path)
+    store.adopt(second, second_refs)
+    assert store.ref_of(second.graph.initializer[0]).path == (tmp_path / "two" / "w.bin").resolve()
+    assert store.ref_of(second.graph.initializer[1]) is None
+
+
+def test_copy_ref_without_kernel_copy(
+    external_model: WriteModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where copy_file_range fails (another file system), the bytes are copied through user space."""
+    from onnxstitch.files._read import external_refs
+    from onnxstitch.files.external import copy_ref
+
+    _, refs = external_refs(external_model())
+
+    def refuse(*args: object) -> int:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", refuse)
+    with open(tmp_path / "out.bin", "wb") as out:
+        out.write(b"head")
+        assert copy_ref(refs[0], out) == len(W_BYTES)
+        out.write(b"tail")
+    assert (tmp_path / "out.bin").read_bytes() == b"head" + W_BYTES + b"tail"
