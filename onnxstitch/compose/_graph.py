@@ -156,7 +156,10 @@ def _rename_graph(graph: onnx.GraphProto, rename: Callable[[str], str], funcs: M
 def _rename_node(node: onnx.NodeProto, rename: Callable[[str], str], funcs: Mapping[FuncId, str]) -> None:
     node.input[:] = [rename(n) for n in node.input]
     node.output[:] = [rename(n) for n in node.output]
-    node.op_type = funcs.get((node.domain, node.op_type, node.overload), node.op_type)
+    if funcs:
+        node.op_type = funcs.get((node.domain, node.op_type, node.overload), node.op_type)
+    if not len(node.attribute):
+        return
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             _rename_graph(attr.g, rename, funcs)

@@ -355,6 +355,8 @@ def _merge_sources(
     weights = _Weights(onnx.GraphProto(), store, stream=stream)
     builder = GraphBuilder(parts, plan, seams.adapters, seams.dims, ir_version, targets, weights)  # build
     merged = builder.build(list(parts))
+    if not stream:
+        store.inline(merged)  # the result is self-contained: nothing in it points at a part's files
     _record_spec(merged, plan, parts, builder, list(parts), opset=opset, optimize=optimize)
     if builder.weights.shared:
         log.info("%d identical initializer(s) stored once", builder.weights.shared)

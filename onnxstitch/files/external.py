@@ -79,7 +79,8 @@ def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
         yield sparse.values
         yield sparse.indices
     for node in graph.node:
-        yield from _node_tensors(node)
+        if len(node.attribute):
+            yield from _node_tensors(node)
 
 
 def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
@@ -112,10 +113,12 @@ def iter_tensors(model: onnx.ModelProto, *, top_initializers: bool = True) -> It
                 yield sparse.values
                 yield sparse.indices
             for node in model.graph.node:
-                yield from _node_tensors(node)
+                if len(node.attribute):
+                    yield from _node_tensors(node)
     for function in model.functions:
         for node in function.node:
-            yield from _node_tensors(node)
+            if len(node.attribute):
+                yield from _node_tensors(node)
 
 
 def uses_external_data(tensor: onnx.TensorProto) -> bool:
