@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console, ConsoleDimensions
+from rich.text import Text
 
 from onnxstitch.errors import StitchError
 
@@ -157,40 +158,46 @@ class _StageHandler(logging.Handler):
 def stage_progress(title: str, *, quiet: bool = False, logger_name: str = "onnxstitch") -> Iterator[None]:
     """Progress of long work on stderr: the library's INFO records are its stages.
 
-    On a terminal: a spinner with the title, the current stage and the elapsed time. Otherwise (a pipe,
-    CI logs): one line per stage with the elapsed seconds. ``quiet`` shows nothing (``--json``). The
-    library logger's level is raised to INFO for the block only and put back afterwards.
+    On a terminal: a spinner, the title and the current stage on one line, and a running clock.
+    Otherwise (a pipe, CI logs): one line per stage with the elapsed seconds. ``quiet`` shows nothing
+    (``--json``). The library logger's level is raised to INFO for the block only, then put back.
     """
     if quiet:
         yield
         return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     started = time.monotonic()
-    live = err_console.is_terminal
+    display: Progress | None = None
+    if err_console.is_terminal:
+        display = bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        task = bar.add_task(f"{title} …", total=None)
 
-    def line(stage: str) -> str:
-        return f"{title}: {stage} [{time.monotonic() - started:5.1f} s]"
-
-    library = logging.getLogger(logger_name)
-    level = library.level
-    if live:
-        status = err_console.status(f"{title} …", spinner="dots")
-
-        def show(stage: str) -> None:
-            status.update(line(stage))
+        def show(stage: str) -> None:  # one line: cut to leave room for the spinner and the clock
+            text = Text(f"{title}: {stage}")
+            text.truncate(max(err_console.width - 12, 20), overflow="ellipsis")
+            bar.update(task, description=text.plain)
     else:
-        status = None
         err_console.print(f"{title} …", markup=False, highlight=False)
 
         def show(stage: str) -> None:
-            err_console.print(line(stage), markup=False, highlight=False)
+            err_console.print(f"{title} [{time.monotonic() - started:5.1f} s] {stage}", markup=False)
 
+    library = logging.getLogger(logger_name)
+    level = library.level
     handler = _StageHandler(show)
     library.addHandler(handler)
     if level == logging.NOTSET or level > logging.INFO:
         library.setLevel(logging.INFO)
     try:
-        if status is not None:
-            with status:
+        if display is not None:
+            with display:
                 yield
         else:
             yield
