@@ -10,6 +10,7 @@ import onnx.helper
 import onnx.shape_inference
 
 from onnxstitch import _meta
+from onnxstitch.compose._graph import rename_node
 from onnxstitch.compose._spec import graph_inputs
 from onnxstitch.compose._versions import walk_nodes
 from onnxstitch.compose._weights import check_merged
@@ -183,7 +184,7 @@ def _assemble(
     for node in nodes:
         copy = graph.node.add()
         copy.CopyFrom(node)
-        _rename_node(copy, rename)
+        rename_node(copy, rename, {})
     names = {n for node in nodes for n in node.output} - io
     for name in sorted(names):
         if name in types:
@@ -246,19 +247,6 @@ def _vi(
         vi.CopyFrom(types[name])
     vi.name = rename(name)
     return vi
-
-
-def _rename_node(node: onnx.NodeProto, rename: Callable[[str], str]) -> None:
-    node.input[:] = [rename(n) if n else n for n in node.input]
-    node.output[:] = [rename(n) if n else n for n in node.output]
-    for attr in node.attribute:
-        for graph in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
-            for vi in [*graph.input, *graph.output, *graph.value_info]:
-                vi.name = rename(vi.name)
-            for tensor in graph.initializer:
-                tensor.name = rename(tensor.name)
-            for sub in graph.node:
-                _rename_node(sub, rename)
 
 
 def _extract_part(model: onnx.ModelProto, key: str) -> onnx.ModelProto:

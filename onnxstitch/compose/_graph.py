@@ -143,29 +143,34 @@ def _renamer(key: str, overrides: Mapping[str, str]) -> Callable[[str], str]:
     return rename
 
 
-def _rename_graph(graph: onnx.GraphProto, rename: Callable[[str], str], funcs: Mapping[FuncId, str]) -> None:
-    """Rename every tensor of a subgraph in place (it is a copy we own)."""
+def rename_graph(graph: onnx.GraphProto, rename: Callable[[str], str], funcs: Mapping[FuncId, str]) -> None:
+    """Rename every tensor of a (sub)graph in place (it is a copy we own)."""
     for vi in [*graph.input, *graph.output, *graph.value_info]:
-        vi.name = rename(vi.name)
+        vi.name = rename(vi.name) if vi.name else vi.name
     for tensor in graph.initializer:
-        tensor.name = rename(tensor.name)
+        tensor.name = rename(tensor.name) if tensor.name else tensor.name
     for node in graph.node:
-        _rename_node(node, rename, funcs)
+        rename_node(node, rename, funcs)
 
 
-def _rename_node(node: onnx.NodeProto, rename: Callable[[str], str], funcs: Mapping[FuncId, str]) -> None:
-    node.input[:] = [rename(n) for n in node.input]
-    node.output[:] = [rename(n) for n in node.output]
+def rename_node(node: onnx.NodeProto, rename: Callable[[str], str], funcs: Mapping[FuncId, str]) -> None:
+    """Rename a node's tensors (a copy we own), its subgraphs' too, and point its calls at ``funcs``.
+
+    The one renamer of compose: ``merge`` scopes names with it, ``extract`` takes the scope off.
+    Empty names (omitted optional inputs) stay empty.
+    """
+    node.input[:] = [rename(n) if n else n for n in node.input]
+    node.output[:] = [rename(n) if n else n for n in node.output]
     if funcs:
         node.op_type = funcs.get((node.domain, node.op_type, node.overload), node.op_type)
     if not len(node.attribute):
         return
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
-            _rename_graph(attr.g, rename, funcs)
+            rename_graph(attr.g, rename, funcs)
         elif attr.type == onnx.AttributeProto.GRAPHS:
             for sub in attr.graphs:
-                _rename_graph(sub, rename, funcs)
+                rename_graph(sub, rename, funcs)
 
 
 class GraphBuilder:
@@ -287,7 +292,7 @@ class GraphBuilder:
         for i, node in enumerate(part.model.graph.node):
             copy = self.model.graph.node.add()
             copy.CopyFrom(node)
-            _rename_node(copy, base, funcs)
+            rename_node(copy, base, funcs)
             copy.name = f"{key}/{node.name or f'{node.op_type}_{i}'}"
             _meta.set_prop(copy, _meta.PART, key)
         for sparse in part.model.graph.sparse_initializer:
