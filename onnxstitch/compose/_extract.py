@@ -13,7 +13,7 @@ from onnxstitch import _meta
 from onnxstitch.compose._graph import rename_node
 from onnxstitch.compose._spec import graph_inputs
 from onnxstitch.compose._versions import walk_nodes
-from onnxstitch.compose._weights import check_merged
+from onnxstitch.compose._weights import check_merged, weightless
 from onnxstitch.errors import SpecError
 from onnxstitch.files import ModelLike, as_model
 
@@ -60,17 +60,7 @@ def extract(
 
 def _typed(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     """Every tensor's type, from the model and from shape inference on a weight-less skeleton."""
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    graph = skeleton.graph
-    for name in ("node", "input", "output", "value_info"):
-        getattr(graph, name).extend(getattr(model.graph, name))
-    for tensor in model.graph.initializer:
-        graph.input.append(
-            onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
-        )
+    skeleton = weightless(model)
     try:
         inferred = onnx.shape_inference.infer_shapes(skeleton)
     except Exception as exc:  # onnx's InferenceError: the model's own types contradict each other

@@ -130,11 +130,12 @@ def inline_copy(tensor: onnx.TensorProto, data: bytes, name: str, into: onnx.Ten
     into.raw_data = data
 
 
-def check_merged(model: onnx.ModelProto) -> None:
-    """Full checker + strict shape inference on a skeleton of ``model`` (works past 2 GB).
+def weightless(model: onnx.ModelProto, *, inline_limit: int = -1) -> onnx.ModelProto:
+    """A skeleton of ``model`` for the checker and shape inference: its initializers as typed inputs.
 
-    Raises:
-        onnx.checker.ValidationError / onnx.shape_inference.InferenceError: the model is invalid.
+    Initializers of at most ``inline_limit`` bytes (and not external) stay; the others become graph
+    inputs of the same type and shape, so the skeleton is small whatever the weights weigh. The one
+    skeleton builder of compose's checks (the merged model's, ``extract``'s types).
     """
     skeleton = onnx.ModelProto()
     for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
@@ -145,11 +146,21 @@ def check_merged(model: onnx.ModelProto) -> None:
     graph.name = src.name
     for name in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(graph, name).extend(getattr(src, name))
+    declared = {vi.name for vi in src.input}
     for tensor in src.initializer:
-        if is_external(tensor) or tensor_bytes(tensor) > CHECK_INLINE_BYTES:
+        if not is_external(tensor) and tensor_bytes(tensor) <= inline_limit:
+            graph.initializer.append(tensor)
+        elif tensor.name not in declared:
             graph.input.append(
                 onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
             )
-        else:
-            graph.initializer.append(tensor)
-    onnx.checker.check_model(skeleton, full_check=True)
+    return skeleton
+
+
+def check_merged(model: onnx.ModelProto) -> None:
+    """Full checker + strict shape inference on a skeleton of ``model`` (works past 2 GB).
+
+    Raises:
+        onnx.checker.ValidationError / onnx.shape_inference.InferenceError: the model is invalid.
+    """
+    onnx.checker.check_model(weightless(model, inline_limit=CHECK_INLINE_BYTES), full_check=True)
