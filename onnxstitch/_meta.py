@@ -5,7 +5,8 @@ ecosystem can read (and ignore) it.
 
 Model-level keys:
     ``onnxstitch.source``         the framework a model came from: "torch", "keras", "onnx", "merged".
-    ``onnxstitch.layout.<name>``  the layout of a rank-4 graph input/output: "NHWC" or "NCHW".
+    ``onnxstitch.layout.<name>``  the layout of a rank-3/4/5 graph input/output: "NLC"/"NCL",
+                                  "NHWC"/"NCHW" or "NDHWC"/"NCDHW" (see ``onnxstitch._layouts``).
     ``onnxstitch.parts``          JSON list of the part keys of a merged model, in merge order.
 
 Node-level keys:
@@ -24,7 +25,7 @@ LAYOUT_PREFIX = PREFIX + "layout."
 PARTS = PREFIX + "parts"
 PART = PREFIX + "part"
 
-LAYOUTS = ("NHWC", "NCHW")
+LAYOUTS = ("NLC", "NCL", "NHWC", "NCHW", "NDHWC", "NCDHW")  # channels last / first at ranks 3, 4, 5
 
 
 def get_props(proto: onnx.ModelProto | onnx.NodeProto) -> dict[str, str]:
@@ -54,7 +55,7 @@ def del_prop(proto: onnx.ModelProto | onnx.NodeProto, key: str) -> None:
 
 
 def get_layouts(model: onnx.ModelProto) -> dict[str, str]:
-    """Return ``{tensor_name: "NHWC" | "NCHW"}`` for the graph inputs/outputs with a known layout."""
+    """Return ``{tensor_name: layout}`` for the graph inputs/outputs with a known layout."""
     return {k[len(LAYOUT_PREFIX) :]: v for k, v in get_props(model).items() if k.startswith(LAYOUT_PREFIX)}
 
 

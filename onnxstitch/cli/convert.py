@@ -44,7 +44,11 @@ Rtol = Annotated[float, typer.Option(min=0.0, help="Relative tolerance of the va
 Atol = Annotated[float, typer.Option(min=0.0, help="Absolute tolerance of the validation.")]
 Layout = Annotated[
     list[str] | None,
-    typer.Option("--layout", help="tensor=NCHW|NHWC, overriding the detected layout (repeatable)."),
+    typer.Option(
+        "--layout",
+        help="tensor=NCHW|NHWC (rank 4), NCL|NLC (rank 3) or NCDHW|NDHWC (rank 5), over the detected "
+        "layout (repeatable).",
+    ),
 ]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")]
 
@@ -137,20 +141,26 @@ def parse_dynamic(items: list[str]) -> dict[str, dict[int, str]]:
     return spec
 
 
-def parse_layouts(items: list[str] | None) -> dict[str, str] | None:
+def parse_layouts(items: list[str] | None, *, form: str = "tensor") -> dict[str, str] | None:
     """Parse ``tensor=NCHW`` items into ``{tensor: layout}`` (``None`` when none given).
+
+    Layouts: ``NCHW``/``NHWC`` (rank 4), ``NCL``/``NLC`` (rank 3), ``NCDHW``/``NDHWC`` (rank 5).
+    ``form`` names the left-hand side in messages (``key:tensor`` for ``merge``).
 
     Raises:
         StitchError: an item does not have that form.
     """
+    from onnxstitch import _meta
+
     if not items:
         return None
     layouts = {}
     for item in items:
         name, sep, layout = item.partition("=")
-        if not sep or not name or layout not in ("NCHW", "NHWC"):
+        if not sep or not name or layout not in _meta.LAYOUTS:
             raise StitchError(
-                f"--layout {item!r} is not of the form tensor=NCHW|NHWC", hint="e.g. --layout x=NCHW"
+                f"--layout {item!r} is not of the form {form}=NCHW|NHWC|NCL|NLC|NCDHW|NDHWC",
+                hint=f"e.g. --layout {'a:feat' if ':' in form else 'x'}=NCHW",
             )
         layouts[name] = layout
     return layouts

@@ -1,6 +1,7 @@
 """``onnxstitch merge`` and ``onnxstitch extract``: stitch parts into one model, take pieces back out.
 
     onnxstitch merge a=a.onnx b=b.onnx --link "a:y->b:x" -o m.onnx
+    onnxstitch merge a=a.onnx b=b.onnx --chain --layout a:y=NHWC -o m.onnx
     onnxstitch merge spec.yaml -o m.onnx
     onnxstitch extract m.onnx --part head -o head.onnx
     onnxstitch extract m.onnx --input a/feat --output logits -o sub.onnx
@@ -260,6 +261,14 @@ def merge_command(
     chain: Annotated[
         bool, typer.Option("--chain", help="Wire the parts in the order given, one tensor per seam.")
     ] = False,
+    layout: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layout",
+            help='A layout the part does not record: "key:tensor=NHWC" (NCHW, NLC, NCL, NDHWC, NCDHW; '
+            "repeatable).",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Stitch ONNX parts (or a YAML spec's parts) into one validated ONNX model."""
@@ -268,7 +277,7 @@ def merge_command(
     from onnxstitch.compose import optimize as run_optimize
     from onnxstitch.files import save
 
-    job = _job(sources, link or [], input_ or [], output or [], chain=chain)
+    job = _job(sources, link or [], input_ or [], output or [], chain=chain, layouts=layout or [])
     if not job.chain and not job.links and len(job.models) > 1:  # legal, but rarely meant
         meant = "chain: true (or links:)" if _is_spec(sources) else "--chain (or --link)"
         err_console.print(
@@ -281,10 +290,16 @@ def merge_command(
         # without --optimize the merge writes `out` itself: the parts' weights go file to file
         target = None if optimize else out
         if job.chain:
-            result = run_chain(job.models, opset=opset, save_to=target)
+            result = run_chain(job.models, opset=opset, layouts=job.layouts or {}, save_to=target)
         else:
             result = run_merge(
-                job.models, job.links, inputs=job.inputs, outputs=job.outputs, opset=opset, save_to=target
+                job.models,
+                job.links,
+                inputs=job.inputs,
+                outputs=job.outputs,
+                opset=opset,
+                layouts=job.layouts or {},
+                save_to=target,
             )
         merged = _written(out) if isinstance(result, Path) else result
         inserted = _inserted(merged)
@@ -312,19 +327,29 @@ class _Job:
     opset: int | None = None
     optimize: bool = False
     chain: bool = False
+    layouts: dict[str, str] | None = None
 
 
 def _is_spec(sources: list[str]) -> bool:
     return len(sources) == 1 and sources[0].lower().endswith(_SPEC_SUFFIXES)
 
 
-def _job(sources: list[str], links: list[str], inputs: list[str], outputs: list[str], *, chain: bool) -> _Job:
+def _job(
+    sources: list[str],
+    links: list[str],
+    inputs: list[str],
+    outputs: list[str],
+    *,
+    chain: bool,
+    layouts: list[str],
+) -> _Job:
+    from onnxstitch.cli.convert import parse_layouts
     from onnxstitch.compose._specfile import load_spec
 
     if _is_spec(sources):
-        if links or inputs or outputs or chain:
+        if links or inputs or outputs or chain or layouts:
             raise typer.BadParameter(
-                "--link/--input/--output/--chain go into the spec file when merging a spec",
+                "--link/--input/--output/--chain/--layout go into the spec file when merging a spec",
                 param_hint="SOURCES",
             )
         spec = load_spec(sources[0], check_part=_check_torch_import)
@@ -336,6 +361,7 @@ def _job(sources: list[str], links: list[str], inputs: list[str], outputs: list[
             spec.opset,
             spec.optimize,
             spec.chain,
+            spec.layouts,
         )
     if any(s.lower().endswith(_SPEC_SUFFIXES) for s in sources):
         raise typer.BadParameter("a spec file must be the only source", param_hint="SOURCES")
@@ -347,6 +373,7 @@ def _job(sources: list[str], links: list[str], inputs: list[str], outputs: list[
         _parse_named(inputs, option="--input", many=True),
         _parse_named(outputs, option="--output", many=False),
         chain=chain,
+        layouts=parse_layouts(layouts, form="key:tensor"),
     )
 
 

@@ -56,6 +56,7 @@ def merge(
     outputs: Mapping[str, str] | None = None,
     opset: int | Mapping[str, int] | None = None,
     optimize: bool = False,
+    layouts: Mapping[str, str] | None = None,
     save_to: None = None,
 ) -> onnx.ModelProto: ...
 
@@ -69,6 +70,7 @@ def merge(
     outputs: Mapping[str, str] | None = None,
     opset: int | Mapping[str, int] | None = None,
     optimize: bool = False,
+    layouts: Mapping[str, str] | None = None,
     save_to: PathLike,
 ) -> Path: ...
 
@@ -81,6 +83,7 @@ def merge(
     outputs: Mapping[str, str] | None = None,
     opset: int | Mapping[str, int] | None = None,
     optimize: bool = False,
+    layouts: Mapping[str, str] | None = None,
     save_to: PathLike | None = None,
 ) -> onnx.ModelProto | Path:
     """Stitch several ONNX models ("parts") into one, along explicit links.
@@ -114,6 +117,10 @@ def merge(
             the parts, capped by what the installed onnxruntime runs.
         optimize: run :func:`onnxstitch.compose.optimize` on the result and check parity on random feeds
             (this needs the weights in memory, also with ``save_to=``).
+        layouts: ``{"key:tensor": layout}`` for part inputs/outputs whose layout the part does not
+            record (or records wrongly): ``NLC``/``NCL`` (rank 3), ``NHWC``/``NCHW`` (rank 4),
+            ``NDHWC``/``NCDHW`` (rank 5). Declared over recorded; used by the seam checks (a
+            Transpose where both ends are known and differ; an ambiguous seam is refused).
         save_to: write the merged model to this ``.onnx`` path (atomically; with external data in
             ``<name>.onnx.data`` past 2 GB, as ``ox.save``) instead of returning it.
 
@@ -121,7 +128,8 @@ def merge(
         A new ``ModelProto``; the given models are never modified. With ``save_to=``, the path written.
 
     Raises:
-        SpecError: malformed links, unknown parts or tensors, inputs fed twice, name clashes (all at once).
+        SpecError: malformed links, unknown parts or tensors, inputs fed twice, name clashes (all at
+            once); a ``layouts=`` entry naming no part input/output or no layout of its rank.
         CycleError: the links form a cycle (the message names it: ``a -> b -> a``).
         VersionError: a part cannot be brought to the target opset, or ``opset=`` exceeds onnxruntime.
         SeamError: dtype/rank/dim/layout problems at the seams (every seam's problems at once).
@@ -139,6 +147,7 @@ def merge(
         optimize=optimize,
         store=store,
         save_to=save_to,
+        layouts=layouts,
     )
 
 
@@ -148,6 +157,7 @@ def chain(
     *,
     opset: int | Mapping[str, int] | None = None,
     optimize: bool = False,
+    layouts: Mapping[str, str] | None = None,
     save_to: None = None,
 ) -> onnx.ModelProto: ...
 
@@ -158,6 +168,7 @@ def chain(
     *,
     opset: int | Mapping[str, int] | None = None,
     optimize: bool = False,
+    layouts: Mapping[str, str] | None = None,
     save_to: PathLike,
 ) -> Path: ...
 
@@ -167,6 +178,7 @@ def chain(
     *,
     opset: int | Mapping[str, int] | None = None,
     optimize: bool = False,
+    layouts: Mapping[str, str] | None = None,
     save_to: PathLike | None = None,
 ) -> onnx.ModelProto | Path:
     """Merge parts one after the other: each part's single output feeds the next part's single input.
@@ -175,6 +187,7 @@ def chain(
         models: part key -> model, in chain order.
         opset: as for :func:`merge`.
         optimize: as for :func:`merge`.
+        layouts: as for :func:`merge`: ``{"key:tensor": layout}``, e.g. ``{"a:feat": "NHWC"}``.
         save_to: as for :func:`merge`: write the merged model there, weights file to file.
 
     Returns:
@@ -212,6 +225,7 @@ def chain(
         optimize=optimize,
         store=store,
         save_to=save_to,
+        layouts=layouts,
     )
 
 
@@ -326,6 +340,7 @@ def _merge_sources(
     optimize: bool,
     store: ExternalStore,
     save_to: PathLike | None = None,
+    layouts: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto | Path:
     """The pipeline after ``load``: wiring, versions, seams, dims, build, check, save (in this order)."""
     ios = {
@@ -339,13 +354,14 @@ def _merge_sources(
     if isinstance(sources, dict):
         sources.clear()  # ours (from _load_all): drop loaded models so their memory can go part by part
     seams = SeamChecker(  # seams
-        {k: p.model for k, p in parts.items()}, {k: p.source for k, p in parts.items()}
+        {k: p.model for k, p in parts.items()}, {k: p.source for k, p in parts.items()}, layouts
     ).check(plan)
     if seams.problems:
         raise SeamError(
             f"{len(seams.problems)} problem(s) at the seams:\n  " + "\n  ".join(seams.problems),
             problems=seams.problems,
-            hint="insert the suggested adapter (ox.adapters.*) as a part of its own, or fix the part"
+            hint="insert the suggested adapter (ox.adapters.*) as a part of its own, declare a layout "
+            '(layouts={"key:tensor": "NHWC"}), or fix the part'
             if any("ox.adapters." in p for p in seams.problems)
             else "no adapter fits: fix the part that produces or takes the tensor so their dims agree",
         )

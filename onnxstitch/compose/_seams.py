@@ -3,10 +3,19 @@
 Everything here runs before anything is built. Rules (DESIGN.md, "Rules at a seam"):
     * dtypes must be equal, or the producer's widens losslessly into the consumer's (float16 → float32,
       int32 → int64, ...): then a Cast is inserted. Anything else is an error suggesting a cast adapter.
-    * rank-4 ends whose layouts are both known (metadata ``onnxstitch.layout.<tensor>``) and differ get
-      a Transpose (NHWC → NCHW: perm (0, 3, 1, 2); NCHW → NHWC: (0, 2, 3, 1)); the shapes must then agree.
-      When a layout is unknown the shapes are compared as they are: equal shapes are a valid seam,
-      different ones an error (suggesting the transpose when the permuted shape would fit).
+    * layouts (rank 3: NLC/NCL, rank 4: NHWC/NCHW, rank 5: NDHWC/NCDHW) come from the user's
+      ``layouts={"key:tensor": layout}`` first, else from the part's metadata
+      (``onnxstitch.layout.<tensor>``, recorded from evidence by the converters). Then:
+        - both ends known: a Transpose where they differ (NHWC → NCHW: perm (0, 3, 1, 2)); the
+          shapes must then agree;
+        - one end known: the tensor is fed as it is when only that fits the shapes; when the
+          transpose to the other layout fits too (C = H = W, C = L ...), the seam is ambiguous and
+          refused: the error says both ways out (declare the unknown end, or an explicit adapter);
+        - neither known: the shapes decide; equal shapes are a valid seam, different ones an error
+          (suggesting the transpose when a permuted shape fits, else a reshape).
+      A symbol past dim 0 is never bound to a static size at a seam whose axes no layouts line up
+      when a transpose would fit without binding it: that is an error naming the symbol, the size
+      and the permutation. Where it is the only fit, it is logged.
     * a merged input feeding several parts takes the dtype, shape and layout of the FIRST part input
       it lists; every other part input is checked against it like a seam (so a known, different
       layout gets a Transpose and a widening dtype a Cast in front of that part).
@@ -24,14 +33,15 @@ import numpy as np
 import onnx
 import onnx.helper
 
-from onnxstitch import _meta
-from onnxstitch.compose._spec import Plan, graph_inputs
+from onnxstitch import _layouts, _meta
+from onnxstitch.compose._spec import Plan, graph_inputs, parse_endpoint
+from onnxstitch.errors import SpecError
 
 log = logging.getLogger(__name__)
 
 Dim = int | str | None
-NHWC_TO_NCHW = (0, 3, 1, 2)
-NCHW_TO_NHWC = (0, 2, 3, 1)
+NHWC_TO_NCHW = _layouts.perm("NHWC", "NCHW")  # (0, 3, 1, 2)
+NCHW_TO_NHWC = _layouts.perm("NCHW", "NHWC")  # (0, 2, 3, 1)
 _T = onnx.TensorProto
 _WIDENS: dict[int, set[int]] = {
     _T.FLOAT16: {_T.FLOAT, _T.DOUBLE},
@@ -183,10 +193,6 @@ def dim_node(key: str, where: str, tensor: str, index: int, dim: Dim) -> tuple[s
     return ("anon", key, where, tensor, str(index))
 
 
-def _layout(model: onnx.ModelProto, tensor: str) -> str | None:
-    return _meta.get_layouts(model).get(tensor)
-
-
 def _permute(dims: tuple[Dim, ...], perm: tuple[int, ...]) -> tuple[Dim, ...]:
     return tuple(dims[p] for p in perm)
 
@@ -203,13 +209,67 @@ class SeamChecker:
     """Checks every seam of a plan; collects problems, adapters and dim classes."""
 
     def __init__(
-        self, models: Mapping[str, onnx.ModelProto], layouts_from: Mapping[str, onnx.ModelProto]
+        self,
+        models: Mapping[str, onnx.ModelProto],
+        layouts_from: Mapping[str, onnx.ModelProto],
+        layouts: Mapping[str, str] | None = None,
     ) -> None:
+        """``layouts``: the user's ``{"key:tensor": layout}``, over what the parts record.
+
+        Raises:
+            SpecError: a declared layout names no part input/output, or is no layout of its rank.
+        """
         self.models = models
         self.layouts_from = layouts_from
         self.result = SeamResult()
         self.ins = {k: {vi.name: TensorType.of(vi) for vi in graph_inputs(m)} for k, m in models.items()}
         self.outs = {k: {vi.name: TensorType.of(vi) for vi in m.graph.output} for k, m in models.items()}
+        self.declared = self._declared(layouts or {})
+
+    def _declared(self, layouts: Mapping[str, str]) -> dict[tuple[str, str], str]:
+        problems: list[str] = []
+        declared: dict[tuple[str, str], str] = {}
+        if not isinstance(layouts, Mapping):
+            raise SpecError(
+                f'layouts must be a mapping {{"key:tensor": layout}}, got {type(layouts).__name__}'
+            )
+        for end, layout in layouts.items():
+            try:
+                key, tensor = parse_endpoint(end, "layouts= entry")
+            except SpecError as exc:
+                problems.append(str(exc))
+                continue
+            if key not in self.models:
+                problems.append(
+                    f"layouts={{{end!r}: ...}}: unknown part {key!r}; the parts are {list(self.models)}"
+                )
+                continue
+            types = {**self.outs[key], **self.ins[key]}
+            if tensor not in types:
+                problems.append(
+                    f"layouts={{{end!r}: ...}}: part {key!r} has no input or output {tensor!r}; "
+                    f"its inputs and outputs are {sorted(types)}"
+                )
+                continue
+            dims = types[tensor].dims
+            problem = _layouts.check(
+                layout, None if dims is None else len(dims), what=f"layouts={{{end!r}: ...}}"
+            )
+            if problem:
+                problems.append(problem)
+            else:
+                declared[(key, tensor)] = layout
+        if problems:
+            raise SpecError(
+                "invalid layouts=:\n  " + "\n  ".join(problems),
+                hint='layouts={"key:tensor": layout} with a layout of the tensor\'s rank: '
+                + ", ".join(_layouts.LAYOUTS),
+            )
+        return declared
+
+    def layout(self, key: str, tensor: str) -> str | None:
+        """The declared layout of a part's input/output, else the one the part records."""
+        return self.declared.get((key, tensor)) or _meta.get_layouts(self.layouts_from[key]).get(tensor)
 
     def check(self, plan: Plan) -> SeamResult:
         for link in plan.links:
@@ -224,8 +284,7 @@ class SeamChecker:
     def _link(self, sk: str, st: str, dk: str, dt: str) -> None:
         p, c = self.outs[sk][st], self.ins[dk][dt]
         seam = self._describe((sk, st, p), (dk, dt, c))
-        lp, lc = _layout(self.layouts_from[sk], st), _layout(self.layouts_from[dk], dt)
-        self._pair(seam, p, lp, (sk, "out", st), c, lc, (dk, "in", dt))
+        self._pair(seam, p, self.layout(sk, st), (sk, "out", st), c, self.layout(dk, dt), (dk, "in", dt))
 
     def _pair(
         self,
@@ -257,7 +316,8 @@ class SeamChecker:
                 )
         pdims = p.dims
         if pdims is not None and c.dims is not None:
-            pdims = self._layout_check(seam, lp, lc, pdims, c.dims, adapter, problems)
+            ends = (f"{src[0]}:{src[2]}", f"{dst[0]}:{dst[2]}")
+            pdims = self._layout_check(seam, ends, lp, lc, pdims, c.dims, adapter, problems)
         if not problems and pdims is not None and c.dims is not None:
             self._unify(seam, src, pdims, p.dims or (), adapter.perm, dst, c.dims, problems)
         if adapter.perm is not None or adapter.cast_to is not None:
@@ -267,6 +327,7 @@ class SeamChecker:
     def _layout_check(
         self,
         seam: str,
+        ends: tuple[str, str],
         lp: str | None,
         lc: str | None,
         pdims: tuple[Dim, ...],
@@ -274,38 +335,40 @@ class SeamChecker:
         adapter: Adapter,
         problems: list[str],
     ) -> tuple[Dim, ...] | None:
-        """Decide the transpose; return the producer's dims as the consumer will see them (None: problem)."""
+        """Decide the transpose; return the producer's dims as the consumer will see them (None: problem).
+
+        ``ends`` names the producer and consumer as ``"key:tensor"`` (for the ``layouts=`` hints).
+        """
         if len(pdims) != len(cdims):
             problems.append(f"{seam}: rank {len(pdims)} != {len(cdims)}{_reshape_hint(pdims, cdims)}")
             return None
-        if len(pdims) == 4 and lp and lc and lp != lc:
-            perm = NHWC_TO_NCHW if lp == "NHWC" else NCHW_TO_NHWC
+        names = _layouts.for_rank(len(pdims))
+        lp, lc = (lp if lp in names else None), (lc if lc in names else None)
+        if lp and lc:
+            perm = _layouts.perm(lp, lc)
             moved = _permute(pdims, perm)
             bad = _static_mismatch(moved, cdims)
+            if bad and lp == lc:
+                problems.append(f"{seam}: both ends are {lp}, and static dim(s) {bad} differ")
+                return None
             if bad:
                 problems.append(
                     f"{seam}: {lp} -> {lc} needs transpose{perm}, giving {list(moved)}, "
                     f"which still differs in dim(s) {bad}"
                 )
                 return None
-            adapter.perm = perm
+            if perm != tuple(range(len(perm))):
+                adapter.perm = perm
             return moved
-        bad = _static_mismatch(pdims, cdims)
-        if bad:
-            problems.append(f"{seam}: static dim(s) {bad} differ{self._transpose_hint(pdims, cdims, lp, lc)}")
-            return None
-        return pdims
-
-    @staticmethod
-    def _transpose_hint(
-        pdims: tuple[Dim, ...], cdims: tuple[Dim, ...], lp: str | None, lc: str | None
-    ) -> str:
-        if len(pdims) == 4:
-            for perm in (NHWC_TO_NCHW, NCHW_TO_NHWC):
-                if not _static_mismatch(_permute(pdims, perm), cdims):
-                    known = f"layouts {lp or 'unknown'} -> {lc or 'unknown'}"
-                    return f" ({known}); insert ox.adapters.transpose({perm}) if this is a layout change"
-        return _reshape_hint(pdims, cdims)
+        if not names:  # no layout at this rank: the shapes decide
+            bad = _static_mismatch(pdims, cdims)
+            if bad:
+                problems.append(f"{seam}: static dim(s) {bad} differ{_reshape_hint(pdims, cdims)}")
+                return None
+            return pdims
+        if lp or lc:
+            return _one_layout_known(seam, ends, lp, lc, pdims, cdims, problems)
+        return _no_layout_known(seam, ends, pdims, cdims, problems)
 
     def _unify(
         self,
@@ -341,15 +404,128 @@ class SeamChecker:
             return
         fk, ft = ends[0]
         first = self.ins[fk][ft]
-        lf = _layout(self.layouts_from[fk], ft)
+        lf = self.layout(fk, ft)
         for key, tensor in ends[1:]:
             other = self.ins[key][tensor]
             seam = f"merged input {name!r} (as {fk}:{ft}, {first}) -> {key}:{tensor} ({other})"
-            lo = _layout(self.layouts_from[key], tensor)
+            lo = self.layout(key, tensor)
             self._pair(seam, first, lf, (fk, "in", ft), other, lo, (key, "in", tensor))
 
     def _report(self, seam: str, problems: list[str]) -> None:
         self.result.problems.extend(problems)
+
+
+# -- layouts ----------------------------------------------------------------------------------------
+_EXACT, _LOOSE, _MISMATCH = "exact", "loose", "mismatch"
+
+
+def _fit(moved: tuple[Dim, ...], cdims: tuple[Dim, ...]) -> str:
+    """How producer dims (already permuted) fit the consumer's: every static dim equal and no symbol
+    bound to a size past dim 0 (exact), a symbol past dim 0 bound to a size (loose), or not at all."""
+    if _static_mismatch(moved, cdims):
+        return _MISMATCH
+    return _LOOSE if _bindings(moved, cdims) else _EXACT
+
+
+def _bindings(moved: tuple[Dim, ...], cdims: tuple[Dim, ...]) -> list[tuple[int, str, int]]:
+    """``(axis, symbol, size)`` for each dim past 0 where a named symbol meets a static size.
+
+    An unknown dim (no value, no name) takes any size: meeting one binds nothing.
+    """
+    out: list[tuple[int, str, int]] = []
+    for i, (x, y) in enumerate(zip(moved, cdims, strict=True)):
+        if i and isinstance(x, int) and isinstance(y, str):
+            out.append((i, y, x))
+        elif i and isinstance(x, str) and isinstance(y, int):
+            out.append((i, x, y))
+    return out
+
+
+def _bound(moved: tuple[Dim, ...], cdims: tuple[Dim, ...]) -> str:
+    text = ", ".join(f"{sym!r} to {size} (dim {i})" for i, sym, size in _bindings(moved, cdims))
+    return f"it would bind {text}"
+
+
+def _one_layout_known(
+    seam: str,
+    ends: tuple[str, str],
+    lp: str | None,
+    lc: str | None,
+    pdims: tuple[Dim, ...],
+    cdims: tuple[Dim, ...],
+    problems: list[str],
+) -> tuple[Dim, ...] | None:
+    """One end's layout is known: fed as is when only that fits; refused when a transpose fits too."""
+    known = lp or lc or ""
+    flip = _layouts.perm(known, _layouts.other(known)) if lp else _layouts.perm(_layouts.other(known), known)
+    as_is, flipped = _fit(pdims, cdims), _fit(_permute(pdims, flip), cdims)
+    unknown_dims = cdims if lp else pdims
+    says_nothing = not any(isinstance(d, int) for d in unknown_dims[1:])  # e.g. an adapter's [batch,?,?,?]
+    if (as_is == _EXACT and flipped != _EXACT) or (
+        as_is != _MISMATCH and (flipped == _MISMATCH or says_nothing)
+    ):
+        if as_is == _LOOSE:
+            log.info("%s: %s", seam, _bound(pdims, cdims))
+        return pdims
+    if as_is == _MISMATCH and flipped == _MISMATCH:
+        problems.append(
+            f"{seam}: static dim(s) {_static_mismatch(pdims, cdims)} differ{_reshape_hint(pdims, cdims)}"
+        )
+        return None
+    known_end, other_end = (ends[0], ends[1]) if lp else (ends[1], ends[0])
+    flipped_layout = _layouts.other(known)
+    if as_is == _MISMATCH:
+        problems.append(
+            f"{seam}: static dim(s) {_static_mismatch(pdims, cdims)} differ, but the shapes fit "
+            f"transposed{flip}; {known_end} is {known}, {other_end} records no layout: if it is "
+            f"{flipped_layout}, declare it (layouts={{{other_end!r}: {flipped_layout!r}}}) and the "
+            f"Transpose is inserted, or insert ox.adapters.transpose({flip}) as a part"
+        )
+        return None
+    loose = f" ({_bound(pdims, cdims)} as they are)" if as_is == _LOOSE else ""
+    problems.append(
+        f"{seam}: ambiguous layout: {known_end} is {known}, {other_end} records no layout, and the "
+        f"shapes fit both as they are and transposed{flip}{loose}; say which: "
+        f"layouts={{{other_end!r}: {known!r}}} feeds it as it is, "
+        f"layouts={{{other_end!r}: {flipped_layout!r}}} inserts the Transpose, "
+        f"or insert ox.adapters.transpose({flip}) as a part"
+    )
+    return None
+
+
+def _no_layout_known(
+    seam: str, ends: tuple[str, str], pdims: tuple[Dim, ...], cdims: tuple[Dim, ...], problems: list[str]
+) -> tuple[Dim, ...] | None:
+    """Neither layout is known: the shapes decide, but never by binding a symbol a transpose would keep."""
+    as_is = _fit(pdims, cdims)
+    if as_is == _EXACT:
+        return pdims
+    last, first = _layouts.for_rank(len(pdims))
+    flips = [
+        (f, _fit(_permute(pdims, f), cdims))
+        for f in dict.fromkeys([_layouts.perm(last, first), _layouts.perm(first, last)])
+    ]
+    exact = [f for f, fit in flips if fit == _EXACT]
+    if as_is == _LOOSE and not exact:
+        log.info("%s: %s", seam, _bound(pdims, cdims))
+        return pdims
+    declare = f"layouts={{{ends[0]!r}: ..., {ends[1]!r}: ...}} ({' or '.join((last, first))})"
+    if as_is == _LOOSE:
+        problems.append(
+            f"{seam}: {_bound(pdims, cdims)} as they are, while transpose{exact[0]} fits them without "
+            f"binding; neither end records a layout: declare both ({declare}) or insert "
+            f"ox.adapters.transpose({exact[0]}) as a part"
+        )
+        return None
+    fitting = [f for f, fit in flips if fit != _MISMATCH]
+    hint = (
+        f" (no layout recorded at either end); insert ox.adapters.transpose({fitting[0]}) if this is a "
+        f"layout change, or declare both ends ({declare})"
+        if fitting
+        else _reshape_hint(pdims, cdims)
+    )
+    problems.append(f"{seam}: static dim(s) {_static_mismatch(pdims, cdims)} differ{hint}")
+    return None
 
 
 def _reshape_hint(pdims: tuple[Dim, ...], cdims: tuple[Dim, ...]) -> str:
@@ -365,6 +541,7 @@ def _reshape_hint(pdims: tuple[Dim, ...], cdims: tuple[Dim, ...]) -> str:
 
     if pdims and cdims and count(pdims) is not None and count(pdims) == count(cdims):
         if len(cdims) == 2:
-            return "; insert ox.adapters.flatten()"
-        return f"; insert ox.adapters.reshape({tuple([-1, *cdims[1:]])})"
+            return f"; insert ox.adapters.flatten({'' if len(pdims) == 4 else f'rank={len(pdims)}'})"
+        rank = "" if len(pdims) == 2 else f", rank={len(pdims)}"
+        return f"; insert ox.adapters.reshape({(0, *cdims[1:])}{rank}) if the elements are in the right order"
     return ""

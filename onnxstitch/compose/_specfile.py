@@ -16,6 +16,7 @@ whether to optimize. It is read with ``yaml.safe_load`` only (no Python objects,
       - to_nchw:y->head:x
     inputs: {image: backbone:image}                # or a list of "key:tensor" fed by one input
     outputs: {logits: head:output}
+    layouts: {"other:y": NHWC}                     # a layout a part does not record
     opset: 18
     optimize: true
 
@@ -37,6 +38,7 @@ from typing import Any
 import onnx
 import yaml
 
+from onnxstitch import _meta
 from onnxstitch.compose import adapters
 from onnxstitch.errors import SpecError
 
@@ -50,6 +52,7 @@ TOP_LEVEL = {
     "opset": "integer",
     "optimize": "true or false",
     "chain": "true or false (wire the parts in order, one tensor per seam)",
+    "layouts": 'mapping of "key:tensor" -> a layout the part does not record (NHWC, NCHW, NLC, ...)',
 }
 # the options each kind of part takes, besides the kind key itself
 PART_KINDS: dict[str, dict[str, str]] = {
@@ -107,6 +110,7 @@ class MergeSpec:
     optimize: bool = False
     chain: bool = False
     origin: str = "<spec>"
+    layouts: dict[str, str] | None = None
 
 
 def parse_shape(text: Any, *, where: str) -> tuple[tuple[int, ...], str]:
@@ -193,6 +197,7 @@ def parse_spec(
     opset = _typed(data.get("opset"), int, "opset", problems)
     optimize = _typed(data.get("optimize", False), bool, "optimize", problems)
     chain = _typed(data.get("chain", False), bool, "chain", problems)
+    layouts = _layouts(data.get("layouts"), declared, problems)
     if chain and links:
         problems.append("chain: true wires the parts in order; remove links, or chain")
     if problems:
@@ -209,6 +214,7 @@ def parse_spec(
         optimize=bool(optimize),
         chain=bool(chain),
         origin=origin,
+        layouts=layouts,
     )
 
 
@@ -285,6 +291,23 @@ def _outputs(value: Any, parts: Sequence[str], problems: list[str]) -> dict[str,
             continue
         _check_endpoint(end, f"outputs.{name}", parts, problems)
         result[str(name)] = end
+    return result
+
+
+def _layouts(value: Any, parts: Sequence[str], problems: list[str]) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        problems.append(f'layouts must be a mapping of "key:tensor" -> layout, got {value!r}')
+        return None
+    result: dict[str, str] = {}
+    for end, layout in value.items():
+        end = str(end)
+        _check_endpoint(end, f"layouts.{end}", parts, problems)
+        if layout not in _meta.LAYOUTS:
+            problems.append(f"layouts.{end}: {layout!r} is not a layout; valid: {', '.join(_meta.LAYOUTS)}")
+            continue
+        result[end] = str(layout)
     return result
 
 

@@ -27,8 +27,8 @@ Symbolic dims:
 
 Metadata:
     ``set_producer(model, source) -> model``  ``onnxstitch.source`` = source, producer name/version.
-    ``record_layouts(model, layouts) -> model``  ``onnxstitch.layout.<tensor>`` for rank-4 graph
-        inputs/outputs; raises :class:`ConversionError` for unknown tensors, bad layouts, rank != 4.
+    ``record_layouts(model, layouts) -> model``  ``onnxstitch.layout.<tensor>`` for rank-3/4/5 graph
+        inputs/outputs; raises :class:`ConversionError` for unknown tensors, bad layouts, wrong ranks.
 
 Versions:
     ``max_runtime_opset() -> int``  highest ai.onnx opset the installed onnxruntime implements.
@@ -257,25 +257,30 @@ def set_producer(model: onnx.ModelProto, source: str) -> onnx.ModelProto:
 
 
 def record_layouts(model: onnx.ModelProto, layouts: Mapping[str, str]) -> onnx.ModelProto:
-    """Record ``{tensor: "NHWC" | "NCHW"}`` for rank-4 graph inputs/outputs (in place); return ``model``.
+    """Record ``{tensor: layout}`` for rank-3/4/5 graph inputs/outputs (in place); return ``model``.
+
+    Layouts: ``NLC``/``NCL`` (rank 3), ``NHWC``/``NCHW`` (rank 4), ``NDHWC``/``NCDHW`` (rank 5).
 
     Raises:
         ConversionError: every problem at once: a tensor that is no graph input/output, a layout
-            that is not NHWC/NCHW, a tensor that is not rank 4.
+            name that is not one of those, a layout of another rank than the tensor's.
     """
+    from onnxstitch import _layouts
+
     ends = {v.name: v for v in [*_graph_inputs(model), *model.graph.output]}
     problems = []
     for name, layout in layouts.items():
         if name not in ends:
             problems.append(f"{name!r} is not a graph input or output (those are: {sorted(ends)})")
-        elif layout not in _meta.LAYOUTS:
-            problems.append(f"{name!r}: layout {layout!r} is not one of {list(_meta.LAYOUTS)}")
-        elif len(value_dims(ends[name])) != 4:
-            problems.append(f"{name!r} has rank {len(value_dims(ends[name]))}, a layout needs rank 4")
+            continue
+        problem = _layouts.check(layout, len(value_dims(ends[name])), what=repr(name))
+        if problem:
+            problems.append(problem)
     if problems:
         raise ConversionError(
             "cannot record layouts: " + "; ".join(problems),
-            hint="layouts={'tensor': 'NHWC' | 'NCHW'} for rank-4 inputs/outputs of the converted model",
+            hint="layouts={'tensor': 'NHWC'} names a rank-3/4/5 input or output of the converted model "
+            "(NLC/NCL, NHWC/NCHW, NDHWC/NCDHW)",
         )
     for name, layout in layouts.items():
         _meta.set_layout(model, name, layout)

@@ -14,7 +14,8 @@ What :func:`from_keras` adds to ``tf2onnx.convert``:
   result, listing every unsupported op type and the nodes that use it;
 * inputs and outputs keep the Keras names (never ``Identity:0``); dim 0 of every input and output is
   one symbol ``batch``; other dynamic dims get stable names (``<tensor>_dim<axis>``);
-* rank-4 image tensors get their layout recorded (channels_last → NHWC, channels_first → NCHW);
+* rank-3/4/5 inputs/outputs get a layout only from evidence: a conv, pooling, channel normalization
+  ... reads or writes them (the ONNX graph and the Keras layers' ``data_format``);
 * importing tf2onnx sets ``TF_CPP_MIN_LOG_LEVEL``; we put the caller's value back;
 * the result passes ``onnx.checker`` (full) and, by default, matches the native model at batch 1 and 7.
 """
@@ -31,6 +32,7 @@ from typing import Any
 
 import onnx
 
+from onnxstitch import _layouts
 from onnxstitch._graphs import tensor_names, walk_graphs
 from onnxstitch.converters import _batch, _common
 from onnxstitch.converters._keras_sources import (
@@ -100,9 +102,12 @@ def from_keras(
             ``tf.function`` even if its graphs hold ops that read/write files, reach the network or
             call Python (loading runs a SavedModel's initializers). Only for files and code you
             produced yourself. Without it such sources are refused before anything runs.
-        layouts: ``{tensor: "NHWC" | "NCHW"}`` overrides/additions for rank-4 inputs/outputs. Keras
-            sources record channels_last → NHWC / channels_first → NCHW by themselves;
-            SavedModels and ``tf.function`` s record nothing unless told here.
+        layouts: ``{tensor: layout}`` overrides/additions for rank-3/4/5 inputs/outputs
+            (``NLC``/``NCL``, ``NHWC``/``NCHW``, ``NDHWC``/``NCDHW``). Recorded by themselves, from
+            evidence only: an input that a conv, pooling, channel normalization, up-sampling...
+            reads (in the converted graph or by its Keras layer's ``data_format``), an output such
+            a layer writes. ``keras.config.image_data_format()`` alone is no evidence: a Dense,
+            attention or Permute output records nothing.
         op_handlers: ``{TensorFlow op type: handler}`` for ops tf2onnx has no handler for, passed to
             tf2onnx as ``custom_op_handlers`` (``handler(ctx, node, name, args)`` rewrites ``node`` in
             tf2onnx's graph ``ctx`` into ONNX ops). ``Erfc`` (Keras's exact ``gelu``) is built in.
@@ -316,11 +321,12 @@ def _stable_dims(model: onnx.ModelProto) -> None:
 
 
 def _layouts_for(model: onnx.ModelProto, traced: Traced, given: Mapping[str, str] | None) -> dict[str, str]:
-    """Layouts to record: the source's default for every rank-4 end, then the user's overrides."""
-    out: dict[str, str] = {}
-    if traced.image_layout:
-        for value in [*model.graph.input, *model.graph.output]:
-            if len(value.type.tensor_type.shape.dim) == 4:
-                out[value.name] = traced.image_layout
+    """Layouts to record: the evidence of the graph and of the Keras layers, then the user's."""
+    ends = {v.name: len(v.type.tensor_type.shape.dim) for v in [*model.graph.input, *model.graph.output]}
+    from_layers = {
+        name: {lay for lay in layouts if _layouts.rank_of(lay) == ends.get(name)}
+        for name, layouts in (traced.layer_layouts or {}).items()
+    }
+    out = _layouts.resolve([_layouts.evidence(model), from_layers])
     out.update(dict(given or {}))
     return out

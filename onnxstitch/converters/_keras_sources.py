@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxstitch.converters._keras_layouts import layer_layouts
 from onnxstitch.converters._tf_ops import op_family, scan_graph_def, scan_saved_model
 from onnxstitch.errors import ConversionError, InputError, ModelFileError, UnsafeModelError
 
@@ -46,8 +47,8 @@ class Traced:
         input_names: the clean ONNX name of each input, in order.
         output_names: filled in when ``function`` is traced: the clean name of each output, in order.
         reference: eager native computation: numpy arrays in input order -> list in output order.
-        image_layout: the layout ("NHWC" | "NCHW") of every rank-4 input/output, when the source
-            says (Keras ``data_format``); ``None`` when it does not (graphs, tf.functions).
+        layer_layouts: ``{input/output name: layouts}`` that the Keras layers give evidence for
+            (``converters._keras_layouts``); ``None`` for graphs and tf.functions.
         what: a label of the source for messages.
         trackable: the object owning the function's variables and lookup tables (the Keras model,
             the loaded SavedModel, the tf.function), where tf2onnx looks for tables to export.
@@ -58,7 +59,7 @@ class Traced:
     input_names: list[str]
     output_names: list[str]
     reference: Callable[..., list[np.ndarray[Any, Any]]]
-    image_layout: str | None = None
+    layer_layouts: dict[str, set[str]] | None = None
     what: str = "model"
     trackable: Any = None
 
@@ -368,28 +369,6 @@ def call_param_names(model: Any) -> list[str]:
     ]
 
 
-def keras_image_layout(model: Any) -> str | None:
-    """The layout of the model's rank-4 image tensors: from its layers' ``data_format`` (NHWC/NCHW).
-
-    Layers without ``data_format`` follow ``keras.config.image_data_format()``. Mixed formats are
-    ambiguous: ``None`` (nothing is recorded; a layout is never guessed).
-    """
-    import keras
-
-    try:
-        layers = list(model._flatten_layers(include_self=False, recursive=True))
-    except (AttributeError, TypeError):
-        layers = list(getattr(model, "layers", []))
-    formats = {getattr(layer, "data_format", None) for layer in layers}
-    formats &= {"channels_last", "channels_first"}
-    if not formats:
-        formats = {keras.config.image_data_format()}
-    if len(formats) > 1:
-        logger.warning("layers of %r mix channels_last and channels_first: no layout recorded", model.name)
-        return None
-    return "NHWC" if formats == {"channels_last"} else "NCHW"
-
-
 def _pack(struct: Any, structure: str, names: Sequence[str], args: list[Any]) -> Any:
     import keras
 
@@ -464,7 +443,7 @@ def trace_keras_model(model: Any, signature: Signature | None, tf: Any) -> Trace
         return model(_pack(struct, structure, names, args), training=False)
 
     traced = make_traced(forward, specs, names, keras_default_outputs(model), tf, what=what)
-    traced.image_layout = keras_image_layout(model)
+    traced.layer_layouts = layer_layouts(model, names, keras_default_outputs(model))
     traced.trackable = model
     return traced
 

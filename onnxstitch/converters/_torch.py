@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxstitch import _layouts
 from onnxstitch.converters import _batch, _common
 from onnxstitch.converters._triton_guard import no_triton_beside_tensorflow
 from onnxstitch.errors import ConversionError, ModelFileError, UnsafeModelError
@@ -36,60 +37,6 @@ logger = logging.getLogger(__name__)
 
 _BATCH = "batch"
 _LARGE_BYTES = 1_800_000_000  # past this the proto goes through a temp dir with external data
-# ops whose data input is channels-first (N, C, H, W) for a rank-4 tensor
-_CONV_LIKE = frozenset(
-    {
-        "Conv",
-        "ConvTranspose",
-        "ConvInteger",
-        "QLinearConv",
-        "MaxPool",
-        "AveragePool",
-        "LpPool",
-        "GlobalAveragePool",
-        "GlobalMaxPool",
-        "GlobalLpPool",
-        "BatchNormalization",
-        "InstanceNormalization",
-        "LRN",
-        "MaxRoiPool",
-        "DepthToSpace",
-        "SpaceToDepth",
-    }
-)
-# ops that keep the layout of a tensor they are applied to elementwise
-_ELEMENTWISE = frozenset(
-    {
-        "Abs",
-        "Add",
-        "Cast",
-        "Clip",
-        "Div",
-        "Dropout",
-        "Elu",
-        "Erf",
-        "Exp",
-        "Gelu",
-        "HardSigmoid",
-        "HardSwish",
-        "Identity",
-        "LeakyRelu",
-        "Log",
-        "Mish",
-        "Mul",
-        "Neg",
-        "Pow",
-        "PRelu",
-        "Reciprocal",
-        "Relu",
-        "Selu",
-        "Sigmoid",
-        "Softplus",
-        "Sqrt",
-        "Sub",
-        "Tanh",
-    }
-)
 
 
 @dataclass
@@ -137,9 +84,12 @@ def from_torch(
         validate: run the module and the ONNX model on the same seeded random inputs at batch
             sizes 1 and 7 (only the static size when dim 0 is static) and compare every output.
         trusted: allow loading a ``.pt2`` file, which can execute pickled code (see Raises).
-        layouts: ``{tensor: "NCHW" | "NHWC"}`` overriding the detected layouts. Detected: a rank-4
-            input that feeds a convolution-like op (directly or through elementwise ops) and a
-            rank-4 output produced by one are ``NCHW``.
+        layouts: ``{tensor: layout}`` overriding the detected layouts (``NCL``/``NLC``,
+            ``NCHW``/``NHWC``, ``NCDHW``/``NDHWC``). Detected from evidence only: a rank-3/4/5 input
+            that feeds an op with a data format (convolution, pooling, batch/instance norm,
+            depth-to-space...) and an output that one produces, through ops that move no axis and
+            through transposes (``onnxstitch._layouts``); a ``Linear``, attention or ``permute``
+            of an input records nothing.
         rtol: relative tolerance of the validation (default 1e-4, fp32 scale).
         atol: absolute tolerance of the validation (default 1e-5). An element passes when
             ``|onnx - torch| <= atol + rtol * |torch|``.
@@ -177,7 +127,7 @@ def from_torch(
     if proof is not None:
         _batch.apply_proof(model, proof)
     model.graph.name = source.graph_name
-    detected = _detect_layouts(model)
+    detected = _layouts.detect(model)
     _common.record_layouts(model, {**detected, **dict(layouts or {})})
     _common.set_producer(model, "torch")
     model = _common.finalize(model, what=source.label)
@@ -702,49 +652,6 @@ def _set_dim0(model: onnx.ModelProto, name: str, symbol: str) -> None:
             dim.dim_param = symbol
             if old:
                 _common.rename_dims(model, {old: symbol})
-
-
-# --------------------------------------------------------------------------------------- layouts
-def _detect_layouts(model: onnx.ModelProto) -> dict[str, str]:
-    """NCHW for rank-4 inputs feeding (and outputs leaving) a conv-like op, through elementwise ops."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    producer: dict[str, onnx.NodeProto] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-        for name in node.output:
-            producer[name] = node
-    inits = {i.name for i in model.graph.initializer}
-    layouts: dict[str, str] = {}
-    for v in model.graph.input:
-        if v.name not in inits and len(_common.value_dims(v)) == 4 and _feeds_conv(v.name, consumers):
-            layouts[v.name] = "NCHW"
-    for v in model.graph.output:
-        if len(_common.value_dims(v)) == 4 and _from_conv(v.name, producer, inits):
-            layouts[v.name] = "NCHW"
-    return layouts
-
-
-def _feeds_conv(name: str, consumers: dict[str, list[onnx.NodeProto]], depth: int = 0) -> bool:
-    if depth > 16:
-        return False
-    for node in consumers.get(name, []):
-        if node.op_type in _CONV_LIKE and node.domain in ("", "ai.onnx") and node.input[0] == name:
-            return True
-        if node.op_type in _ELEMENTWISE and any(_feeds_conv(o, consumers, depth + 1) for o in node.output):
-            return True
-    return False
-
-
-def _from_conv(name: str, producer: dict[str, onnx.NodeProto], inits: set[str], depth: int = 0) -> bool:
-    node = producer.get(name)
-    if node is None or depth > 16:
-        return False
-    if node.op_type in _CONV_LIKE and node.domain in ("", "ai.onnx"):
-        return True
-    if node.op_type in _ELEMENTWISE:
-        return any(i not in inits and _from_conv(i, producer, inits, depth + 1) for i in node.input if i)
-    return False
 
 
 # ------------------------------------------------------------------------------------ reference

@@ -198,6 +198,51 @@ def test_merge_reports_the_adapters_it_inserted(tmp_path: Path) -> None:
     np.testing.assert_array_equal(_run(out, {"image": x})["y"], -np.maximum(x, 0).transpose(0, 3, 1, 2))
 
 
+def _square_parts(tmp_path: Path) -> tuple[Path, Path]:
+    """A plain part making [batch,4,4,4] (no layout) and an NCHW consumer: an ambiguous seam."""
+    producer = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 18]>
+        k (float[batch,4,4,4] image) => (float[batch,4,4,4] feat) { feat = Relu(image) }"""
+    )
+    consumer = onnx.parser.parse_model(
+        """<ir_version: 8, opset_import: ["" : 18]>
+        t (float[batch,4,4,4] x) => (float[batch,4,4,4] y) { y = Neg(x) }"""
+    )
+    _meta.set_layout(consumer, "x", "NCHW")
+    onnx.save(producer, str(tmp_path / "k.onnx"))
+    onnx.save(consumer, str(tmp_path / "t.onnx"))
+    return tmp_path / "k.onnx", tmp_path / "t.onnx"
+
+
+def test_merge_layout_option_settles_an_ambiguous_seam(tmp_path: Path) -> None:
+    k, t = _square_parts(tmp_path)
+    out = tmp_path / "m.onnx"
+    refused = _invoke("merge", f"k={k}", f"t={t}", "--chain", "-o", out)
+    assert refused.exit_code == 1 and not out.exists()
+    assert "ambiguous layout: t:x is NCHW, k:feat records no layout" in _out(refused)
+    assert "layouts=" in _out(refused)
+    result = _invoke("merge", f"k={k}", f"t={t}", "--chain", "--layout", "k:feat=NHWC", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "adapters inserted: Transpose" in _out(result)
+    x = np.random.default_rng(3).standard_normal((2, 4, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(_run(out, {"image": x})["y"], -np.maximum(x, 0).transpose(0, 3, 1, 2))
+    bad = _invoke("merge", f"k={k}", f"t={t}", "--chain", "--layout", "k:feat=CHW", "-o", out)
+    assert bad.exit_code == 1 and "key:tensor=NCHW|NHWC" in _out(bad)
+
+
+def test_merge_spec_layouts(tmp_path: Path) -> None:
+    k, t = _square_parts(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"parts: {{k: {k.name}, t: {t.name}}}\nchain: true\nlayouts: {{'k:feat': NCHW}}\n")
+    out = tmp_path / "m.onnx"
+    result = _invoke("merge", spec, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "adapters inserted: none" in _out(result)
+    x = np.random.default_rng(3).standard_normal((2, 4, 4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(_run(out, {"image": x})["y"], -np.maximum(x, 0))
+    assert _invoke("merge", spec, "--layout", "k:feat=NHWC", "-o", out).exit_code == 2
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -509,6 +554,9 @@ SPEC_ERRORS = [
     ({"parts": {"a": "a.onnx"}, "opset": True}, "opset must be an integer"),
     ({"parts": {"a": "a.onnx"}, "optimize": "yes"}, "optimize must be true or false"),
     ({"parts": {"a": "a.onnx"}, "chain": True, "links": ["a:y->a:x"]}, "chain: true wires the parts"),
+    ({"parts": {"a": "a.onnx"}, "layouts": ["a:y"]}, 'layouts must be a mapping of "key:tensor" -> layout'),
+    ({"parts": {"a": "a.onnx"}, "layouts": {"a:y": "CHW"}}, "layouts.a:y: 'CHW' is not a layout; valid: NLC"),
+    ({"parts": {"a": "a.onnx"}, "layouts": {"z:y": "NHWC"}}, "layouts.z:y: unknown part 'z'"),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import onnx
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 import onnxstitch as ox
 from onnxstitch import _meta as ox_meta
+from onnxstitch._layouts import BY_RANK, other, perm
 from onnxstitch.errors import SeamError
 
 UNARY = ["Relu", "Tanh", "Neg", "Abs", "Sigmoid", "Linear", "Func:Relu", "Func:Neg", "If:1", "If:0"]
@@ -184,3 +186,86 @@ def test_random_layout_and_dtype_seams(chain):
     got = run(merged, {"x": x})["y"]
     assert got.dtype == value.dtype
     np.testing.assert_allclose(got, value, rtol=1e-6, atol=1e-7)
+
+
+SIZES = {  # logical sizes, channels first: (C, L) / (C, H, W)
+    (3, True): (4, 4),  # C = L
+    (3, False): (5, 3),
+    (4, True): (3, 3, 3),  # C = H = W
+    (4, False): (5, 2, 3),
+}
+
+
+@st.composite
+def layout_seams(draw: st.DrawFn) -> dict[str, Any]:
+    return {
+        "rank": draw(st.sampled_from([3, 4])),
+        "coinciding": draw(st.booleans()),
+        "p_first": draw(st.booleans()),  # the producer's real layout: channels first?
+        "c_first": draw(st.booleans()),
+        "p_known": draw(st.sampled_from(["no", "recorded", "declared"])),
+        "c_known": draw(st.sampled_from(["no", "recorded", "declared"])),
+    }
+
+
+def _physical(sizes: tuple[int, ...], first: bool) -> tuple[int, ...]:
+    return sizes if first else (*sizes[1:], sizes[0])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layout_seams())
+def test_layout_seams_transposed_refused_or_left_to_the_shapes(case):
+    """Coinciding shapes on purpose: known on both sides -> transposed right; on one -> refused when
+    both ways fit; on none -> the shapes decide (fed as is when equal, refused when only a transpose fits)."""
+    rank, sizes = case["rank"], SIZES[(case["rank"], case["coinciding"])]
+    last, first = BY_RANK[rank]
+    lp, lc = (first if case["p_first"] else last), (first if case["c_first"] else last)
+    pdims, cdims = _physical(sizes, case["p_first"]), _physical(sizes, case["c_first"])
+    p = onnx.parser.parse_model(
+        f'<ir_version: 10, opset_import: ["" : 20]>\np (float[batch, {", ".join(map(str, pdims))}] x)'
+        f" => (float[batch, {', '.join(map(str, pdims))}] feat) {{ feat = Neg(x) }}"
+    )
+    c = onnx.parser.parse_model(
+        f'<ir_version: 10, opset_import: ["" : 20]>\nc (float[batch, {", ".join(map(str, cdims))}] x)'
+        f" => (float[batch, {', '.join(map(str, cdims))}] y) {{ y = Abs(x) }}"
+    )
+    declared = {}
+    for model, end, tensor, layout, known in (
+        (p, "p:feat", "feat", lp, case["p_known"]),
+        (c, "c:x", "x", lc, case["c_known"]),
+    ):
+        if known == "recorded":
+            ox_meta.set_layout(model, tensor, layout)
+        elif known == "declared":
+            declared[end] = layout
+    n_known = (case["p_known"] != "no") + (case["c_known"] != "no")
+    if n_known == 2:
+        outcome = "transposed"
+    elif n_known == 1:
+        outcome = "refused" if case["coinciding"] or lp != lc else "as is"
+    else:
+        outcome = "as is" if case["coinciding"] or lp == lc else "refused"
+    if outcome == "refused":
+        with pytest.raises(SeamError) as info:
+            ox.chain({"p": p, "c": c}, layouts=declared)
+        (problem,) = info.value.problems
+        assert problem.startswith(f"p:feat (float32[batch,{','.join(map(str, pdims))}]) -> c:x")
+        if lp != lc:
+            flip = perm(lp, lc)
+        else:  # the known end's layout to (or from) the other one
+            flip = perm(lp, other(lp)) if case["p_known"] != "no" else perm(other(lc), lc)
+        assert f"ox.adapters.transpose({flip})" in problem
+        if n_known == 1 and case["coinciding"]:
+            assert "ambiguous layout" in problem and "layouts={" in problem
+        return
+    merged = ox.chain({"p": p, "c": c}, layouts=declared)
+    assert_valid(merged)
+    x = np.random.default_rng(0).standard_normal((2, *pdims)).astype(np.float32)
+    transposes = [n for n in merged.graph.node if n.op_type == "Transpose"]
+    if outcome == "transposed" and lp != lc:
+        assert len(transposes) == 1
+        want = np.abs(np.transpose(-x, perm(lp, lc)))
+    else:  # the same layout, or left to the shapes: fed as it is
+        assert not transposes
+        want = np.abs(-x)
+    np.testing.assert_allclose(run(merged, {"x": x})["y"], want, rtol=1e-6, atol=1e-7)

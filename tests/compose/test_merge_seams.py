@@ -13,7 +13,7 @@ from compose_helpers import assert_valid, dims, parse, run
 
 import onnxstitch as ox
 from onnxstitch import _meta
-from onnxstitch.errors import SeamError
+from onnxstitch.errors import SeamError, SpecError
 
 TOL = {"rtol": 1e-5, "atol": 1e-6}
 
@@ -110,11 +110,122 @@ def test_nchw_to_nhwc_transpose_and_dims_follow(rng):
     np.testing.assert_allclose(run(merged, {"x": x})["y"], np.abs(np.transpose(x, (0, 2, 3, 1))), **TOL)
 
 
-def test_equal_shapes_unknown_layouts_is_a_valid_seam():
-    merged = ox.chain(
-        {"p": _producer(shape="batch, 4, 4, 4"), "c": _consumer(shape="batch, 4, 4, 4", layout="NCHW")}
-    )
+def test_equal_shapes_one_layout_known_is_refused_with_both_ways_out(rng):
+    """A plain ONNX part (no layout) producing [batch,4,4,4] into an NCHW conv: fits both ways, refused."""
+    plain, head = _producer(shape="batch, 4, 4, 4"), _conv_head()
+    with pytest.raises(SeamError) as info:
+        ox.chain({"p": plain, "c": head})
+    (problem,) = info.value.problems
+    assert "p:feat (float32[batch,4,4,4]) -> c:x (float32[batch,4,4,4])" in problem
+    assert "c:x is NCHW, p:feat records no layout" in problem
+    assert "layouts={'p:feat': 'NHWC'}" in problem and "ox.adapters.transpose((0, 3, 1, 2))" in problem
+    assert "layouts=" in str(info.value)  # the fix line says it too
+    x = rng.standard_normal((2, 4, 4, 4)).astype(np.float32)
+    declared = ox.chain({"p": plain, "c": head}, layouts={"p:feat": "NHWC"})
+    assert [n.op_type for n in declared.graph.node].count("Transpose") == 1
+    want = run(head, {"x": np.transpose(-x, (0, 3, 1, 2))})["y"]
+    np.testing.assert_allclose(run(declared, {"x": x})["y"], want, **TOL)
+    as_is = ox.merge({"p": plain, "c": head}, ["p:feat->c:x"], layouts={"p:feat": "NCHW"})
+    assert "Transpose" not in [n.op_type for n in as_is.graph.node]
+    np.testing.assert_allclose(run(as_is, {"x": x})["y"], run(head, {"x": -x})["y"], **TOL)
+    assert plain.SerializeToString() == _producer(shape="batch, 4, 4, 4").SerializeToString()
+
+
+def test_equal_shapes_no_layout_known_is_left_to_the_shapes():
+    merged = ox.chain({"p": _producer(shape="batch, 4, 4, 4"), "c": _consumer(shape="batch, 4, 4, 4")})
     assert not [n for n in merged.graph.node if n.op_type == "Transpose"]
+
+
+def test_equal_shapes_declared_layout_over_a_recorded_one():
+    """A declared layout wins over the recorded one (here: both NHWC, so no Transpose)."""
+    p = _producer(shape="batch, 4, 4, 4", layout="NHWC")
+    c = _consumer(shape="batch, 4, 4, 4", layout="NCHW")
+    assert [n.op_type for n in ox.chain({"p": p, "c": c}).graph.node].count("Transpose") == 1
+    merged = ox.chain({"p": p, "c": c}, layouts={"c:x": "NHWC"})
+    assert "Transpose" not in [n.op_type for n in merged.graph.node]
+
+
+@pytest.mark.parametrize(
+    ("layouts", "needle"),
+    [
+        ({"q:feat": "NHWC"}, "unknown part 'q'"),
+        ({"p:nope": "NHWC"}, "part 'p' has no input or output 'nope'"),
+        ({"p:feat": "NLC"}, "NLC describes rank-3 tensors, this one has rank 4 (NHWC, NCHW)"),
+        ({"p:feat": "CHW"}, "layout 'CHW' is not one of"),
+        ({"feat": "NHWC"}, 'expected "key:tensor"'),
+    ],
+)
+def test_declared_layouts_are_checked(layouts, needle):
+    with pytest.raises(SpecError, match="invalid layouts=") as info:
+        ox.chain(
+            {"p": _producer(shape="batch, 4, 4, 4"), "c": _consumer(shape="batch, 4, 4, 4")}, layouts=layouts
+        )
+    assert needle in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "perm"),
+    [
+        ("NLC", "NCL", (0, 2, 1)),
+        ("NCL", "NLC", (0, 2, 1)),
+        ("NDHWC", "NCDHW", (0, 4, 1, 2, 3)),
+        ("NCDHW", "NDHWC", (0, 2, 3, 4, 1)),
+    ],
+)
+def test_known_layouts_transposed_at_ranks_3_and_5(rng, src, dst, perm):
+    """Coinciding sizes (C = L, C = D = H = W): only the recorded layouts say how to line them up."""
+    rank = len(src)
+    shape = ", ".join(["batch", *["3"] * (rank - 1)])
+    merged = ox.chain({"p": _producer(shape=shape, layout=src), "c": _consumer(shape=shape, layout=dst)})
+    assert_valid(merged)
+    x = rng.standard_normal((2, *[3] * (rank - 1))).astype(np.float32)
+    np.testing.assert_allclose(run(merged, {"x": x})["y"], np.abs(np.transpose(-x, perm)), **TOL)
+
+
+def test_rank3_one_layout_known_coinciding_refused():
+    with pytest.raises(SeamError, match=r"c:x is NCL, p:feat records no layout.*transposed\(0, 2, 1\)"):
+        ox.chain({"p": _producer(shape="batch, 16, 16"), "c": _consumer(shape="batch, 16, 16", layout="NCL")})
+
+
+def test_rank3_transposition_hint_is_a_transpose_not_a_reshape():
+    """[batch,250,16] NLC into an unknown [batch,16,250]: a transpose fits; a reshape would scramble it."""
+    with pytest.raises(SeamError) as info:
+        ox.chain(
+            {"p": _producer(shape="batch, 250, 16", layout="NLC"), "c": _consumer(shape="batch, 16, 250")}
+        )
+    (problem,) = info.value.problems
+    assert "ox.adapters.transpose((0, 2, 1))" in problem and "reshape" not in problem
+    assert "layouts={'c:x': 'NCL'}" in problem
+    with pytest.raises(SeamError) as info:
+        ox.chain({"p": _producer(shape="batch, 250, 16"), "c": _consumer(shape="batch, 16, 250")})
+    assert "ox.adapters.transpose((0, 2, 1))" in info.value.problems[0]
+    assert "reshape" not in info.value.problems[0]
+
+
+def test_symbol_never_bound_to_a_size_a_transpose_would_keep():
+    """[batch, T, 16] -> [batch, 16, time] with no layouts: as is, T=16 and time=16; transposed, T=time."""
+    with pytest.raises(SeamError) as info:
+        ox.chain({"p": _producer(shape="batch, T, 16"), "c": _consumer(shape="batch, 16, time")})
+    (problem,) = info.value.problems
+    assert "'T' to 16 (dim 1)" in problem and "'time' to 16 (dim 2)" in problem
+    assert "transpose(0, 2, 1) fits them without binding" in problem
+    assert "ox.adapters.transpose((0, 2, 1))" in problem
+    merged = ox.chain(
+        {"p": _producer(shape="batch, T, 16"), "c": _consumer(shape="batch, 16, time")},
+        layouts={"p:feat": "NLC", "c:x": "NCL"},
+    )
+    assert dims(merged.graph.input[0]) == ["batch", "T", 16] and dims(merged.graph.output[0]) == [
+        "batch",
+        16,
+        "T",
+    ]
+
+
+def test_symbol_bound_where_it_is_the_only_fit_is_logged(caplog):
+    with caplog.at_level(logging.INFO, logger="onnxstitch.compose"):
+        merged = ox.chain({"p": _producer(shape="batch, 128, 768"), "c": _consumer(shape="batch, seq, 768")})
+    assert "it would bind 'seq' to 128 (dim 1)" in caplog.text
+    assert dims(merged.graph.output[0]) == ["batch", 128, 768]
 
 
 def test_unknown_layout_shape_mismatch_suggests_transpose():
@@ -171,7 +282,8 @@ def test_rank_and_static_dims_with_reshape_hints():
     with pytest.raises(SeamError, match=r"rank 4 != 2; insert ox.adapters.flatten\(\)"):
         ox.chain({"p": _producer(shape="batch, 2, 2, 3"), "c": _consumer(shape="batch, 12")})
     with pytest.raises(
-        SeamError, match=r"static dim\(s\) \[1, 2\] differ; insert ox.adapters.reshape\(\(-1, 6, 2\)\)"
+        SeamError,
+        match=r"static dim\(s\) \[1, 2\] differ; insert ox.adapters.reshape\(\(0, 6, 2\), rank=3\)",
     ):
         ox.chain({"p": _producer(shape="batch, 4, 3"), "c": _consumer(shape="batch, 6, 2")})
 

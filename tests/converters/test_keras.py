@@ -175,9 +175,10 @@ def test_channels_first_recorded_nchw() -> None:
     assert_parity(converted, keras_native(model))
 
 
-def test_mixed_data_formats_record_no_layout() -> None:
+def test_mixed_data_formats_record_only_the_evidence() -> None:
+    """The image is read by a channels_last conv (NHWC); the output is a Dense's (nothing)."""
     converted = from_keras(keras_models.mixed_formats_model())
-    assert _meta.get_layouts(converted) == {}  # ambiguous: never guessed
+    assert _meta.get_layouts(converted) == {"img": "NHWC"}
 
 
 def test_layout_override(cnn: Any) -> None:
@@ -383,10 +384,10 @@ def test_saved_model_directory(files: Path, cnn: Any) -> None:
     converted = from_keras(files / "saved")
     assert_clean(converted)
     assert io_names(converted) == (["image"], ["output_0"])  # the serving signature's names
-    assert _meta.get_layouts(converted) == {}  # a graph does not say its layout ...
+    assert _meta.get_layouts(converted) == {"image": "NHWC"}  # the graph's conv reads it channels-last
     assert_parity(converted, keras_native(cnn))
-    told = from_keras(files / "saved", layouts={"image": "NHWC"}, validate=False)
-    assert _meta.get_layouts(told) == {"image": "NHWC"}  # ... unless told
+    told = from_keras(files / "saved", layouts={"image": "NCHW"}, validate=False)
+    assert _meta.get_layouts(told) == {"image": "NCHW"}  # what the user says wins
 
 
 @pytest.fixture(scope="module")
@@ -488,7 +489,7 @@ def test_tf_function_over_keras_model(cnn: Any) -> None:
 
     converted = from_keras(probs)
     assert io_names(converted) == (["img"], ["output"])
-    assert _meta.get_layouts(converted) == {}
+    assert _meta.get_layouts(converted) == {"img": "NHWC"}  # the graph shows its conv reading it
 
 
 # ---------------------------------------------------------------------------- failing loudly
