@@ -319,9 +319,12 @@ def _channel_axis(axis: int | None, layout: str | None, rank: int, *, what: str)
             raise AdapterError(
                 f"{what}: unknown layout {layout!r}", hint=f"use one of: {', '.join(_meta.LAYOUTS)}"
             )
-        if rank != 4:
-            raise AdapterError(f"{what}: layout={layout!r} describes rank-4 tensors, got rank={rank}")
-        from_layout = 1 if layout == "NCHW" else 3
+        if rank != len(layout):
+            raise AdapterError(
+                f"{what}: layout={layout!r} describes rank-{len(layout)} tensors, got rank={rank}",
+                hint=f"pass rank={len(layout)}" if rank == 4 else "use a layout of the tensor's rank",
+            )
+        from_layout = 1 if layout[1] == "C" else rank - 1
         if axis is not None and axis % rank != from_layout:
             raise AdapterError(
                 f"{what}: axis={axis} contradicts layout={layout!r} (channels at axis {from_layout})",
@@ -358,7 +361,8 @@ def normalize(
         mean: one value per channel.
         std: one value per channel, each > 0.
         axis: the channel axis (default 1); ``layout`` and ``axis`` must agree when both are given.
-        layout: ``"NCHW"`` (channels at 1) or ``"NHWC"`` (channels at 3) for rank-4 tensors.
+        layout: ``"NCHW"`` (channels at 1) or ``"NHWC"`` (channels at 3) for rank-4 tensors;
+            ``"NCL"``/``"NLC"`` (rank 3) and ``"NCDHW"``/``"NDHWC"`` (rank 5) with ``rank=``.
         rank: the rank of ``x`` (default 4).
         dtype: a float element type of ``x`` and ``y``.
 

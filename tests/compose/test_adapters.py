@@ -183,6 +183,16 @@ def test_normalize_nhwc_layout_records_layout(rng: np.random.Generator) -> None:
     assert _meta.get_layouts(nchw) == {"x": "NCHW", "y": "NCHW"}
 
 
+def test_normalize_sequence_layout_records_nlc(rng: np.random.Generator) -> None:
+    model = adapters.normalize(MEAN, STD, layout="NLC", rank=3)
+    assert _dims(model.graph.input[0]) == ["batch", None, 3]
+    assert _meta.get_layouts(model) == {"x": "NLC", "y": "NLC"}
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    want = (x - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
+    np.testing.assert_allclose(_run(model, x=x), want, rtol=RTOL, atol=ATOL)
+    assert _dims(adapters.normalize(MEAN, STD, layout="NCDHW", rank=5).graph.input[0])[1] == 3
+
+
 def test_normalize_axis_and_rank_and_dtype(rng: np.random.Generator) -> None:
     model = adapters.normalize([1.0, -2.0], [2.0, 4.0], axis=-1, rank=2, dtype="float64")
     x = rng.standard_normal((6, 2))
@@ -201,6 +211,7 @@ def test_normalize_axis_and_rank_and_dtype(rng: np.random.Generator) -> None:
         ({"mean": (1,), "std": (1,), "layout": "NWHC"}, "unknown layout"),
         ({"mean": (1,), "std": (1,), "layout": "NHWC", "axis": 1}, "contradicts"),
         ({"mean": (1,), "std": (1,), "layout": "NHWC", "rank": 3}, "rank-4"),
+        ({"mean": (1,), "std": (1,), "layout": "NLC"}, r"rank-3 tensors, got rank=4"),
         ({"mean": (1,), "std": (1,), "dtype": "int64"}, "unsupported dtype"),
         ({"mean": ("a",), "std": (1,)}, "sequences of numbers"),
     ],
