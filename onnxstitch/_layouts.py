@@ -253,53 +253,13 @@ class _Graph:
 
     def forward(self, name: str, rank: int) -> set[str]:
         """Follow a graph input's axes down to the data-format ops it feeds."""
-        found: set[str] = set()
-        if rank not in BY_RANK:
-            return found
-        todo: list[tuple[str, AxisMap]] = [(name, tuple(range(rank)))]
-        seen: set[tuple[str, AxisMap]] = set()
-        while todo and len(seen) < _MAX_STEPS:
-            tensor, axes = todo.pop()
-            if (tensor, axes) in seen:
-                continue
-            seen.add((tensor, axes))
-            for node in self.consumers.get(tensor, []):
-                if node.domain not in ("", "ai.onnx"):
-                    continue
-                if node.op_type in DATA_FORMAT_OPS:
-                    layout = classify(axes, rank) if node.input[0] == tensor else None
-                    found.update([layout] if layout else [])
-                    continue
-                moved = self._moved_forward(node, axes)
-                if moved is not None:
-                    todo.extend((out, moved) for out in node.output if out)
-        return found
-
-    def _moved_forward(self, node: onnx.NodeProto, axes: AxisMap) -> AxisMap | None:
-        op = node.op_type
-        if op in AXIS_KEEPING_OPS:
-            return axes
-        if op == "Transpose":
-            order = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-            if order is None or sorted(order) != list(range(len(axes))):
-                return None
-            return tuple(axes[p] for p in order)
-        if op in ("Unsqueeze", "Squeeze"):
-            given = self._axes(node)
-            if given is None:
-                return None
-            out_rank = len(axes) + len(given) if op == "Unsqueeze" else len(axes) - len(given)
-            where = {a % out_rank if op == "Unsqueeze" else a % len(axes) for a in given}
-            if op == "Unsqueeze":
-                rest = iter(axes)
-                return tuple(None if i in where else next(rest) for i in range(out_rank))
-            if any(axes[i] is not None for i in where):
-                return None  # an axis of the graph tensor would disappear
-            return tuple(a for i, a in enumerate(axes) if i not in where)
-        return None
+        return self._walk(name, rank, backward=False)
 
     def backward(self, name: str, rank: int) -> set[str]:
         """Follow a graph output's axes up to the data-format ops that produce it."""
+        return self._walk(name, rank, backward=True)
+
+    def _walk(self, name: str, rank: int, *, backward: bool) -> set[str]:
         found: set[str] = set()
         if rank not in BY_RANK:
             return found
@@ -310,22 +270,31 @@ class _Graph:
             if (tensor, axes) in seen:
                 continue
             seen.add((tensor, axes))
-            node = self.producer.get(tensor)
-            if node is None or node.domain not in ("", "ai.onnx"):
-                continue
-            if node.op_type in DATA_FORMAT_OPS:
-                layout = classify(axes, rank) if node.output[0] == tensor else None
-                found.update([layout] if layout else [])
-                continue
-            moved = self._moved_backward(node, axes)
-            if moved is None:
-                continue
-            data = node.input[:1] if node.op_type in ("Pad", "Slice", "Split", "Clip") else node.input
-            todo.extend((i, moved) for i in data if i and i not in self.constants)
+            if backward:
+                nodes = [self.producer[tensor]] if tensor in self.producer else []
+            else:
+                nodes = self.consumers.get(tensor, [])
+            for node in nodes:
+                if node.domain not in ("", "ai.onnx"):
+                    continue
+                if node.op_type in DATA_FORMAT_OPS:
+                    end = node.output[0] if backward else node.input[0]
+                    layout = classify(axes, rank) if end == tensor else None
+                    found.update([layout] if layout else [])
+                    continue
+                moved = self._moved(node, axes, backward=backward)
+                if moved is None:
+                    continue
+                if not backward:
+                    todo.extend((out, moved) for out in node.output if out)
+                    continue
+                data = node.input[:1] if node.op_type in ("Pad", "Slice", "Split", "Clip") else node.input
+                todo.extend((i, moved) for i in data if i and i not in self.constants)
         return found
 
-    def _moved_backward(self, node: onnx.NodeProto, axes: AxisMap) -> AxisMap | None:
-        """``axes`` maps the node output's axes to the graph output's; return the same for its input."""
+    def _moved(self, node: onnx.NodeProto, axes: AxisMap, *, backward: bool) -> AxisMap | None:
+        """The axis map past ``node``: forward, from its input to its output; backward, the other
+        way (``axes`` then maps the node output's axes to the graph output's). ``None``: lost."""
         op = node.op_type
         if op in AXIS_KEEPING_OPS:
             return axes
@@ -333,19 +302,20 @@ class _Graph:
             order = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
             if order is None or sorted(order) != list(range(len(axes))):
                 return None
-            before: list[int | None] = [None] * len(axes)
-            for i, p in enumerate(order):
-                before[p] = axes[i]
-            return tuple(before)
-        if op in ("Unsqueeze", "Squeeze"):
-            given = self._axes(node)
-            if given is None:
-                return None
-            if op == "Unsqueeze":  # output = input with size-1 axes inserted at ``given``
-                where = {a % len(axes) for a in given}
-                return tuple(a for i, a in enumerate(axes) if i not in where)
-            in_rank = len(axes) + len(given)
-            where = {a % in_rank for a in given}
+            if backward:  # the inverse permutation
+                order = [order.index(i) for i in range(len(order))]
+            return tuple(axes[p] for p in order)
+        if op not in ("Unsqueeze", "Squeeze"):
+            return None
+        given = self._axes(node)
+        if given is None:
+            return None
+        if (op == "Unsqueeze") != backward:  # size-1 axes appear at ``given``
+            out_rank = len(axes) + len(given)
+            where = {a % out_rank for a in given}
             rest = iter(axes)
-            return tuple(None if i in where else next(rest) for i in range(in_rank))
-        return None
+            return tuple(None if i in where else next(rest) for i in range(out_rank))
+        where = {a % len(axes) for a in given}
+        if any(axes[i] is not None for i in where):
+            return None  # an axis of the graph tensor would disappear
+        return tuple(a for i, a in enumerate(axes) if i not in where)
