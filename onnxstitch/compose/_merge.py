@@ -374,6 +374,7 @@ def _merge_sources(
     if not stream:
         store.inline(merged)  # the result is self-contained: nothing in it points at a part's files
     _record_spec(merged, plan, parts, builder, list(parts), opset=opset, optimize=optimize)
+    seams.record_declared(merged, plan)
     if builder.weights.shared:
         log.info("%d identical initializer(s) stored once", builder.weights.shared)
     _check(merged, parts)  # check

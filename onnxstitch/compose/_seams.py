@@ -25,6 +25,7 @@ Everything here runs before anything is built. Rules (DESIGN.md, "Rules at a sea
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,25 @@ class SeamResult:
     problems: list[str] = field(default_factory=list)
     adapters: dict[tuple[str, str], Adapter] = field(default_factory=dict)
     dims: DimUnifier = field(default_factory=lambda: DimUnifier())
+    declared: dict[tuple[str, str], str] = field(default_factory=dict)  # the user's layouts=
+
+    def record_declared(self, merged: onnx.ModelProto, plan: Plan) -> None:
+        """Record the declared layouts in the merged model (in place; ours): on the merged inputs and
+        outputs they describe, and in the recorded wiring, so ``extract``/``replace`` keep them."""
+        if not self.declared:
+            return
+        for name, ends in plan.merged_inputs.items():
+            if ends and ends[0] in self.declared:
+                _meta.set_layout(merged, name, self.declared[ends[0]])
+        for name, end in plan.merged_outputs.items():
+            if end in self.declared:
+                _meta.set_layout(merged, name, self.declared[end])
+        raw = _meta.get_props(merged).get(_meta.SPEC)
+        if raw:
+            spec = json.loads(raw)
+            for (key, tensor), layout in self.declared.items():
+                spec.setdefault("layouts", {}).setdefault(key, {})[tensor] = layout
+            _meta.set_prop(merged, _meta.SPEC, json.dumps(spec))
 
 
 class DimUnifier:
@@ -225,6 +245,7 @@ class SeamChecker:
         self.ins = {k: {vi.name: TensorType.of(vi) for vi in graph_inputs(m)} for k, m in models.items()}
         self.outs = {k: {vi.name: TensorType.of(vi) for vi in m.graph.output} for k, m in models.items()}
         self.declared = self._declared(layouts or {})
+        self.result.declared = dict(self.declared)
 
     def _declared(self, layouts: Mapping[str, str]) -> dict[tuple[str, str], str]:
         problems: list[str] = []

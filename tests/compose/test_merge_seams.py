@@ -131,6 +131,18 @@ def test_equal_shapes_one_layout_known_is_refused_with_both_ways_out(rng):
     assert plain.SerializeToString() == _producer(shape="batch, 4, 4, 4").SerializeToString()
 
 
+def test_declared_layouts_are_recorded_and_kept_by_extract_and_replace(rng):
+    plain, head = _producer(shape="batch, 4, 4, 4"), _conv_head()
+    merged = ox.chain({"p": plain, "c": head}, layouts={"p:feat": "NHWC", "p:x": "NHWC"})
+    assert _meta.get_layouts(merged)["x"] == "NHWC"  # the merged input says what was declared
+    assert _meta.get_layouts(ox.extract(merged, part="p")) == {"x": "NHWC", "feat": "NHWC"}
+    replaced = ox.replace(merged, "c", _conv_head())  # the seam is checked again, as declared
+    assert [n.op_type for n in replaced.graph.node].count("Transpose") == 1
+    x = rng.standard_normal((2, 4, 4, 4)).astype(np.float32)
+    want = run(head, {"x": np.transpose(-x, (0, 3, 1, 2))})["y"]
+    np.testing.assert_allclose(run(replaced, {"x": x})["y"], want, **TOL)
+
+
 def test_equal_shapes_no_layout_known_is_left_to_the_shapes():
     merged = ox.chain({"p": _producer(shape="batch, 4, 4, 4"), "c": _consumer(shape="batch, 4, 4, 4")})
     assert not [n for n in merged.graph.node if n.op_type == "Transpose"]
