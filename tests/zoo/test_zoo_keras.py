@@ -4,7 +4,11 @@ torch parts, and checked against the native Keras → torch chain.
 Random initialisation (``weights=None``), no downloads; BatchNorm statistics as after training
 (one training-mode pass, see ``zoo_helpers.keras_batchnorm_statistics``) so that outputs are of
 order 1. 64x64 images (the smallest the five-fold downsampling leaves 2x2 of); models with built-in
-preprocessing (EfficientNet, EfficientNetV2, MobileNetV3, ConvNeXt) get pixels in 0..255.
+preprocessing (EfficientNet, EfficientNetV2, MobileNetV3, ConvNeXt) get pixels in 0..255. The
+statistics come from images of varied brightness and contrast: statistics of one narrow kind of
+image (say uniform noise) leave channels of near-zero variance, whose huge gains make any other
+input (the converters' default validation feeds included) a chaotic, ill-conditioned regime where
+a 1e-4 change of the input moves EfficientNet's outputs by 5%.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from zoo_helpers import (
     assert_order_one,
     check,
     dims,
+    failing_until_fixed,
     feeds_at,
     inserted_adapters,
     keras_batchnorm_statistics,
@@ -61,19 +66,27 @@ class MlpHead(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------------- the cases
+def _photos(rng: np.random.Generator, batch: int, low: float, high: float, contrast: float) -> np.ndarray:
+    """Images whose brightness and contrast vary from image to image, as in any real data set."""
+    shape = (batch, 1, 1, 1)
+    mean, std = rng.uniform(low, high, shape), rng.uniform(0.01, 1.0, shape) * contrast
+    return np.clip(mean + std * rng.standard_normal((batch, SIZE, SIZE, 3)), low, high).astype(np.float32)
+
+
 def _pixels(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
-    return {"image": rng.uniform(0, 255, (batch, SIZE, SIZE, 3)).astype(np.float32)}
+    """What models with built-in preprocessing take: pixels in 0..255."""
+    return {"image": _photos(rng, batch, 0.0, 255.0, contrast=80.0)}
 
 
 def _standardized(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
     """What ``preprocess_input`` hands ResNet50 / DenseNet121 (which carry no preprocessing)."""
-    return {"image": rng.standard_normal((batch, SIZE, SIZE, 3)).astype(np.float32)}
+    return {"image": _photos(rng, batch, -2.5, 2.5, contrast=1.5)}
 
 
 def _backbone(factory: Callable[..., Any], pooling: str | None, make_feeds: Callable[..., Any]) -> Any:
     keras.utils.set_random_seed(0)
     model = factory(weights=None, include_top=False, input_shape=(SIZE, SIZE, 3), pooling=pooling)
-    keras_batchnorm_statistics(model, make_feeds(np.random.default_rng(1), 8)["image"])
+    keras_batchnorm_statistics(model, make_feeds(np.random.default_rng(1), 16)["image"])
     return model
 
 
@@ -116,6 +129,13 @@ def test_efficientnetb0_with_preprocessing_into_torch_head() -> None:
     _run_case(keras.applications.EfficientNetB0, pooling="avg", make_feeds=_pixels)
 
 
+@failing_until_fixed(
+    5,
+    (
+        "from_keras default validation: ValidationError, avg_pool max abs err 3.84e-05, 1 of 1280 "
+        "elements out of rtol 1e-4/atol 1e-5 (float32 noise judged elementwise)"
+    ),
+)
 def test_efficientnetv2b0_with_preprocessing_into_torch_head() -> None:
     _run_case(keras.applications.EfficientNetV2B0, pooling="avg", make_feeds=_pixels)
 
@@ -129,11 +149,25 @@ def test_convnexttiny_into_torch_conv_head() -> None:
     _run_case(keras.applications.ConvNeXtTiny, pooling=None, make_feeds=_pixels)
 
 
+@failing_until_fixed(
+    5,
+    (
+        "from_keras default validation: ValidationError, conv5_block3_out max abs err 7.57e-04, "
+        "12381 of 57344 elements out of rtol 1e-4/atol 1e-5 (float32 noise judged elementwise)"
+    ),
+)
 @pytest.mark.heavy
 def test_resnet50_into_torch_conv_head() -> None:
     _run_case(keras.applications.ResNet50, pooling=None, make_feeds=_standardized)
 
 
+@failing_until_fixed(
+    5,
+    (
+        "from_keras default validation: ValidationError, relu max abs err 4.39e-05, 42 of 28672 "
+        "elements out of rtol 1e-4/atol 1e-5 (float32 noise judged elementwise)"
+    ),
+)
 @pytest.mark.heavy
 def test_densenet121_into_torch_conv_head() -> None:
     _run_case(keras.applications.DenseNet121, pooling=None, make_feeds=_standardized)
