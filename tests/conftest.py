@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-REQUIRED_FRAMEWORKS = frozenset({"torch", "tensorflow", "keras", "tf2onnx", "onnxscript"})
+REQUIRED_FRAMEWORKS = frozenset({"torch", "tensorflow", "keras", "tf2onnx", "onnxscript", "transformers"})
 _IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")
 
 
