@@ -380,6 +380,8 @@ class SeamChecker:
                 return None
             if perm != tuple(range(len(perm))):
                 adapter.perm = perm
+            if _bindings(moved, cdims):
+                log.info("%s: %s (the layouts line the dims up)", seam, _bound(moved, cdims))
             return moved
         if not names:  # no layout at this rank: the shapes decide
             bad = _static_mismatch(pdims, cdims)

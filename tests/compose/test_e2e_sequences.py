@@ -1,4 +1,5 @@
-"""Sequences (rank 3) across frameworks: a Keras ``Conv1D`` encoder (NLC) into a torch ``Conv1d`` head (NCL).
+"""Layouts across frameworks: a Keras ``Conv1D`` encoder (NLC) into a torch ``Conv1d`` head (NCL), and
+a Keras Dense on a cube (no layout) into a torch ``Conv2d``.
 
 The reference is what a user writes by hand: the Keras encoder, ``permute(0, 2, 1)``, the torch head.
 Before layouts were recorded at rank 3, 16 time steps merged with no Transpose (the un-permuted,
@@ -132,3 +133,26 @@ def test_unrecorded_torch_side_is_refused_with_the_transpose(head: Conv1dHead) -
     assert "ox.adapters.transpose((0, 2, 1))" in problem and "reshape" not in problem
     assert "layouts={'head:x': 'NCL'}" in problem
     assert _transposes(ox.chain({"enc": k, "head": plain}, layouts={"head:x": "NCL"})) == [[0, 2, 1]]
+
+
+def test_keras_dense_on_a_cube_into_torch_conv2d_is_not_transposed_by_guess() -> None:
+    """The issue's case: a Keras Dense on (4, 4, 4) recorded no layout before being stamped NHWC
+    from ``image_data_format()``; chained into a torch Conv2d it got a Transpose the user never
+    wrote. Now nothing is recorded, the seam is ambiguous, and a declared layout feeds it as it is."""
+    keras.utils.set_random_seed(0)
+    cube = keras.Input((4, 4, 4), name="cube")
+    dense = keras.Model(cube, keras.layers.Dense(4, name="mixed")(cube))
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(4, 2, 1).eval()
+    k = ox.from_keras(dense)
+    t = ox.from_torch(conv, (torch.randn(2, 4, 4, 4),), input_names=["x"])
+    assert _meta.get_layouts(k) == {} and _meta.get_layouts(t) == {"x": "NCHW", "output": "NCHW"}
+    with pytest.raises(SeamError, match="ambiguous layout: head:x is NCHW, dense:mixed records no layout"):
+        ox.chain({"dense": k, "head": t})
+    merged = ox.chain({"dense": k, "head": t}, layouts={"dense:mixed": "NCHW"})
+    assert not _transposes(merged)
+    x = np.random.default_rng(3).standard_normal((2, 4, 4, 4)).astype(np.float32)
+    with torch.inference_mode():  # the user's own hand-off: the tensor as it is
+        want = conv(torch.from_numpy(np.array(dense(x, training=False)))).numpy()
+    got = next(iter(ox.Session(merged, device="cpu").run({"cube": x}).values()))
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)

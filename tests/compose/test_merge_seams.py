@@ -194,9 +194,16 @@ def test_known_layouts_transposed_at_ranks_3_and_5(rng, src, dst, perm):
     np.testing.assert_allclose(run(merged, {"x": x})["y"], np.abs(np.transpose(-x, perm)), **TOL)
 
 
-def test_rank3_one_layout_known_coinciding_refused():
-    with pytest.raises(SeamError, match=r"c:x is NCL, p:feat records no layout.*transposed\(0, 2, 1\)"):
-        ox.chain({"p": _producer(shape="batch, 16, 16"), "c": _consumer(shape="batch, 16, 16", layout="NCL")})
+@pytest.mark.parametrize(
+    ("shape", "layout", "perm"),
+    [("batch, 16, 16", "NCL", "(0, 2, 1)"), ("batch, 3, 3, 3, 3", "NCDHW", "(0, 4, 1, 2, 3)")],
+)
+def test_one_layout_known_coinciding_refused_at_ranks_3_and_5(shape, layout, perm):
+    with pytest.raises(SeamError) as info:
+        ox.chain({"p": _producer(shape=shape), "c": _consumer(shape=shape, layout=layout)})
+    (problem,) = info.value.problems
+    assert f"ambiguous layout: c:x is {layout}, p:feat records no layout" in problem
+    assert f"ox.adapters.transpose({perm})" in problem
 
 
 def test_rank3_transposition_hint_is_a_transpose_not_a_reshape():
