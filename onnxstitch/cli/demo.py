@@ -161,7 +161,9 @@ def demo_command(
     with display.progress:
         result = run_demo(out, epochs=epochs, seed=seed, flavour=name, progress=display)
     console.print()
-    console.print(_summary(result))
+    # prose: wrapped at a readable width in a pipe too (the console itself never wraps there)
+    sized = console.is_terminal or "COLUMNS" in os.environ
+    console.print(_summary(result), width=console.width if sized else 100)
 
 
 def register(app: typer.Typer) -> None:
