@@ -9,16 +9,14 @@ checked against the torch module on seeded random inputs.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
-import io
 import logging
 import os
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import numpy as np
 import onnx
 
 from onnxstitch import _layouts
-from onnxstitch.converters import _batch, _common
+from onnxstitch.converters import _batch, _common, _torchscript
 from onnxstitch.converters._triton_guard import no_triton_beside_tensorflow
 from onnxstitch.errors import ConversionError, ModelFileError, UnsafeModelError
 
@@ -123,7 +121,7 @@ def from_torch(
     model, traced = _export(torch, source, args, kwargs, names, dims, opset)
     model = _clean_up(model, source, names, output_names, dims)
     if traced:
-        _tie_traced_outputs(model, source)
+        _torchscript.tie_traced_outputs(model, source.label)
     if proof is not None:
         _batch.apply_proof(model, proof)
     model.graph.name = source.graph_name
@@ -365,7 +363,19 @@ def _export(
             reason,
         )
         try:
-            return _export_torchscript(torch, source, args, kwargs, names, dims, opset), True
+            model = _torchscript.export_torchscript(
+                torch, source.exportable, args, kwargs, names, dims, opset
+            )
+        except _torchscript.UnfaithfulTrace as unfaithful:
+            raise ConversionError(
+                f"{source.label}: forward takes a data-dependent branch, loop or value, which an export "
+                f"would bake in for the example inputs only: {unfaithful}. The dynamo exporter failed "
+                f"on it ({reason}); the TorchScript exporter traces the one path the examples take, "
+                "so the model is not exported",
+                hint="write the branch with torch.cond(pred, true_fn, false_fn, (x,)) (exported as an "
+                "ONNX If with both branches), or compute both results and pick with torch.where; a "
+                "loop needs a trip count that does not depend on tensor values",
+            ) from exc
         except Exception as exc2:
             raise ConversionError(
                 f"{source.label} could not be exported to ONNX: dynamo exporter: {reason}; "
@@ -373,6 +383,7 @@ def _export(
                 hint="make forward export with torch.export.export (no data-dependent Python control "
                 "flow, tensors in and out), or mark dims static with dynamic_dims={}",
             ) from exc2
+        return model, True
 
 
 def _reason(exc: BaseException) -> str:
@@ -416,8 +427,8 @@ def _export_dynamo(
     with (
         tempfile.TemporaryDirectory(prefix="onnxstitch-torch-") as tmp,
         warnings.catch_warnings(),
-        _quiet_logger(*_TORCH_LOGGERS),
-        _stderr_to_debug_log(),
+        _torchscript.quiet_logger(*_torchscript.TORCH_LOGGERS),
+        _torchscript.stderr_to_debug_log(),
     ):
         warnings.simplefilter("ignore", FutureWarning)
         warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
@@ -443,76 +454,10 @@ def _export_dynamo(
         return onnx.load(str(path), load_external_data=True)
 
 
-# Loggers silenced during an export: "torch" is the parent of every torch logger left at NOTSET,
-# i.e. all of them unless the user asked for some with TORCH_LOGS (those keep their levels). Under it
-# torch.export._trace logs "always_classified is unsupported" at ERROR and
-# torch._subclasses.fake_tensor a whole traceback for a shape error that ConversionError reports in
-# one line; the exporter's _registration warns once per torchvision op when torchvision is absent.
-_TORCH_LOGGERS = ("torch", "torch.onnx._internal.exporter._registration")
-
-
-@contextlib.contextmanager
-def _stderr_to_debug_log() -> Iterator[None]:
-    """Divert ``sys.stderr`` to our debug log for the block: on failure torch.export prints the
-    partial FX graph and the TorchScript exporter its IR graph (dozens of lines) to stderr itself,
-    while ConversionError reports the reason.
-    """
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(buffer):
-            yield
-    finally:
-        if buffer.getvalue().strip():
-            logger.debug("torch.onnx.export wrote to stderr:\n%s", buffer.getvalue())
-
-
-@contextlib.contextmanager
-def _quiet_logger(*names: str) -> Iterator[None]:
-    """Raise the loggers' levels above CRITICAL for the duration of the block, then restore them."""
-    targets = [logging.getLogger(name) for name in names]
-    before = [target.level for target in targets]
-    for target in targets:
-        target.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        for target, level in zip(targets, before, strict=True):
-            target.setLevel(level)
-
-
 def _weight_bytes(source: _Source) -> int:
     state = source.exportable.state_dict  # a dict on an ExportedProgram, a method on a Module
     state = state() if callable(state) else state
     return sum(int(t.numel()) * int(t.element_size()) for t in state.values() if hasattr(t, "numel"))
-
-
-def _export_torchscript(
-    torch: Any,
-    source: _Source,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    names: list[str],
-    dims: dict[str, dict[int, str]],
-    opset: int | None,
-) -> onnx.ModelProto:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), _quiet_logger(*_TORCH_LOGGERS), _stderr_to_debug_log():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(
-            source.exportable,
-            args,
-            buffer,
-            kwargs=kwargs or None,
-            dynamo=False,
-            input_names=names,
-            dynamic_axes={n: dict(a) for n, a in dims.items()},
-            opset_version=opset if opset is not None else min(17, _common.max_runtime_opset()),
-            do_constant_folding=True,
-        )
-    model = onnx.load_from_string(buffer.getvalue())
-    model.ClearField("doc_string")
-    return model
 
 
 # ------------------------------------------------------------------------------------- clean up
@@ -593,7 +538,7 @@ def _batch_proof(
     """Which inputs' dim 0 is the batch, from runs of the module (see ``converters._batch``).
 
     Only for several inputs: one input's dim 0 reaches an output only where the exporter's symbolic
-    shapes link them (dynamo), or ``_tie_traced_outputs`` saw it follow (TorchScript).
+    shapes link them (dynamo), or ``_torchscript.tie_traced_outputs`` saw it follow (TorchScript).
     """
     tensors = [*args, *kwargs.values()]
     if sum(t.dim() >= 1 for t in tensors) < 2 or any(t.device.type != "cpu" for t in tensors):
@@ -606,52 +551,6 @@ def _batch_proof(
     return _batch.prove_batch(lambda arrays: reference(*arrays), examples, what=source.label)
 
 
-def _tie_traced_outputs(model: onnx.ModelProto, source: _Source) -> None:
-    """Give TorchScript's unlinked output dim 0 (``Tile32_dim_0``) the inputs' batch symbol — if it is one.
-
-    TorchScript loses the link between input and output dims through some ops, and the same kind of
-    name also marks a data-dependent size (``nonzero``). So the model is run at two batch sizes, and
-    an output's dim 0 becomes the batch symbol only if it equals the batch size both times.
-    """
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [_common.value_dims(v) for v in model.graph.input if v.name not in inits]
-    symbols = {d[0] for d in inputs if d and isinstance(d[0], str)}
-    if len(symbols) != 1 or any(d and d[0] is None for d in inputs):
-        return
-    (symbol,) = symbols
-    unlinked = {
-        v.name: i
-        for i, v in enumerate(model.graph.output)
-        if (dims := _common.value_dims(v)) and not isinstance(dims[0], int) and dims[0] != symbol
-    }
-    if not unlinked:
-        return
-    try:
-        import onnxruntime as ort
-
-        from onnxstitch.runtime.verification import random_feeds
-
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        firsts = {b: [o.shape[0] for o in session.run(None, random_feeds(model, b))] for b in (2, 5)}
-    except Exception as exc:  # the check is best effort: the symbols stay as exported
-        logger.warning("%s: could not run the traced model to link output dims: %s", source.label, exc)
-        return
-    for name, i in unlinked.items():
-        if all(firsts[b][i] == b for b in firsts):
-            _set_dim0(model, name, symbol)
-        else:
-            logger.info("%s: output %r dim 0 does not follow the batch; left as exported", source.label, name)
-
-
-def _set_dim0(model: onnx.ModelProto, name: str, symbol: str) -> None:
-    for v in model.graph.output:
-        if v.name == name:
-            dim = v.type.tensor_type.shape.dim[0]
-            old = dim.dim_param
-            dim.ClearField("dim_value")
-            dim.dim_param = symbol
-            if old:
-                _common.rename_dims(model, {old: symbol})
 
 
 # ------------------------------------------------------------------------------------ reference
