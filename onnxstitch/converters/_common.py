@@ -37,8 +37,14 @@ Versions:
 Checks:
     ``finalize(model, *, what) -> ModelProto``  ``onnx.checker`` (full) + strict shape inference; returns
         the inferred model (a new object). Raises :class:`ConversionError` naming ``what``.
-    ``validate(model, reference, *, what, batch_sizes=None, rtol=1e-4, atol=1e-5, feeds=None)``
-        ``onnxstitch.runtime.verification.verify``; raises ValidationError (with the report) on mismatch.
+    ``validate(model, reference, *, what, batch_sizes=None, rtol=1e-4, atol=1e-5, feeds=None,
+        metric="scaled")``  ``onnxstitch.runtime.verification.compare_on`` on the described feed
+        sets (default: seeded random); raises ValidationError (with the report) on mismatch.
+
+Validation feeds:
+    ``example_feed_sets(model, examples, *, batch_sizes=None, seed=0)``  the user's examples, then
+        the examples repeated to each batch size and perturbed (ints drawn from the values they hold).
+    ``user_feed_sets(model, validation_inputs, *, what)``  ``validation_inputs=`` normalised.
 """
 
 from __future__ import annotations
@@ -52,12 +58,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import onnx
 
 from onnxstitch import _meta
 from onnxstitch._graphs import tensor_names, walk_graphs
 from onnxstitch.errors import (
     ConversionError,
+    InputError,
     MissingDependencyError,
     StitchError,
     ValidationError,
@@ -67,10 +75,12 @@ from onnxstitch.errors import (
 __all__ = [
     "DEFAULT_ATOL",
     "DEFAULT_BATCH_SIZES",
+    "DEFAULT_METRIC",
     "DEFAULT_RTOL",
     "batch_sizes_for",
     "check_opset",
     "clean_name",
+    "example_feed_sets",
     "finalize",
     "max_runtime_opset",
     "record_layouts",
@@ -79,6 +89,7 @@ __all__ = [
     "require",
     "set_producer",
     "unify_batch_dim",
+    "user_feed_sets",
     "validate",
     "value_dims",
 ]
@@ -88,6 +99,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_RTOL = 1e-4
 DEFAULT_ATOL = 1e-5
 DEFAULT_BATCH_SIZES = (1, 7)
+DEFAULT_METRIC = "scaled"  # see onnxstitch.runtime.verification
 _PROTOBUF_LIMIT = 2**31 - 1
 _SYMBOL_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -363,6 +375,91 @@ def finalize(model: onnx.ModelProto, *, what: str) -> onnx.ModelProto:
         ) from exc
 
 
+# ------------------------------------------------------------------------------------ validation
+def example_feed_sets(
+    model: onnx.ModelProto,
+    examples: Mapping[str, Any],
+    *,
+    batch_sizes: Sequence[int] | None = None,
+    seed: int = 0,
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Validation feeds made from the user's example inputs (``{graph input name: array}``).
+
+    The examples themselves, then at each batch size (:func:`batch_sizes_for`) the examples with
+    their rows repeated to that size (inputs whose dim 0 is static keep theirs) and perturbed:
+    float inputs get seeded normal noise of the input's own spread (its standard deviation, or its
+    magnitude, or 1 for all zeros), so an all-zero example still gives varied feeds; integer and
+    bool inputs are drawn from the values the examples hold (token ids stay valid ids, a 0/1 mask
+    stays 0/1).
+    """
+    arrays = {name: np.asarray(value) for name, value in examples.items()}
+    sizes = tuple(batch_sizes) if batch_sizes is not None else batch_sizes_for(model)
+    static0 = {v.name for v in _graph_inputs(model) if (d := value_dims(v)) and isinstance(d[0], int)}
+    sets = [("the example inputs", arrays)]
+    for k, size in enumerate(sizes):
+        rng = np.random.default_rng(seed + k)
+        feed = {}
+        for name, a in arrays.items():
+            rows = a if a.ndim == 0 or name in static0 else np.take(a, np.arange(size) % a.shape[0], axis=0)
+            feed[name] = _perturbed(rows, rng)
+        sets.append((f"the examples repeated to batch {size} and perturbed (seed {seed + k})", feed))
+    return sets
+
+
+def _perturbed(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if a.size == 0:
+        return a.copy()
+    if np.issubdtype(a.dtype, np.floating):
+        finite = a[np.isfinite(a)].astype(np.float64)
+        spread = float(finite.std()) if finite.size else 0.0
+        if spread == 0.0:
+            spread = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+        return (a + rng.standard_normal(a.shape) * spread).astype(a.dtype)
+    if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
+        return rng.choice(np.unique(a), size=a.shape).astype(a.dtype)
+    return a.copy()
+
+
+def user_feed_sets(
+    model: onnx.ModelProto, validation_inputs: Any, *, what: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """Normalise ``validation_inputs=`` to described feed sets keyed by graph input name.
+
+    Accepted: one input set or a list of them; a set is a dict ``{input name: array}``, one array
+    (a one-input model) or a tuple/list of arrays in input order. Torch tensors are accepted.
+
+    Raises:
+        InputError: a set does not fit the model's inputs (names or count).
+    """
+    from onnxstitch.runtime._feeds import to_numpy
+
+    names = [v.name for v in _graph_inputs(model)]
+    one = isinstance(validation_inputs, Mapping) or not isinstance(validation_inputs, tuple | list)
+    sets = [validation_inputs] if one else list(validation_inputs)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i, given in enumerate(sets):
+        if isinstance(given, Mapping):
+            feed = {str(k): to_numpy(str(k), v) for k, v in given.items()}
+        else:
+            values = list(given) if isinstance(given, tuple | list) else [given]
+            if len(values) != len(names):
+                raise InputError(
+                    f"{what}: validation_inputs[{i}] has {len(values)} arrays for the inputs {names}",
+                    hint="give each set as a dict {input name: array}, or a tuple in input order",
+                )
+            feed = {n: to_numpy(n, v) for n, v in zip(names, values, strict=True)}
+        unknown = sorted(set(feed) - set(names))
+        if unknown or set(feed) != set(names):
+            raise InputError(
+                f"{what}: validation_inputs[{i}] names {sorted(feed)}, the model's inputs are {names}",
+                hint="give each set as a dict {input name: array} with every input",
+            )
+        out.append((f"validation_inputs[{i}]", feed))
+    if not out:
+        raise InputError(f"{what}: validation_inputs is empty", hint="give at least one input set, or None")
+    return out
+
+
 def validate(
     model: onnx.ModelProto,
     reference: Callable[..., Any],
@@ -372,37 +469,63 @@ def validate(
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     feeds: Any = None,
+    metric: str = DEFAULT_METRIC,
 ) -> Any:
-    """Compare ``model`` with ``reference`` on seeded random inputs; raise on any mismatch.
+    """Compare ``model`` with ``reference`` on feed sets; raise on any mismatch.
 
-    ``batch_sizes`` defaults to :func:`batch_sizes_for`. ``reference`` is called with the model's
-    inputs as positional numpy arrays, in graph-input order (see ``onnxstitch.runtime.verification``).
+    ``feeds``: described feed sets ``[(description, {name: array})]`` (from
+    :func:`example_feed_sets` or :func:`user_feed_sets`); default: seeded random inputs at
+    ``batch_sizes`` (default :func:`batch_sizes_for`). ``reference`` is called with the model's
+    inputs as positional numpy arrays, in graph-input order (see ``onnxstitch.runtime.verification``,
+    which also defines ``metric``).
 
     Returns:
         The passing ``VerifyReport``.
 
     Raises:
-        ValidationError: some output differs beyond ``rtol``/``atol`` (carries the per-output table).
+        ValidationError: some output differs beyond the tolerance, or is uninformative (carries the
+            per-output table and the feeds used).
         StitchError: the reference or the ONNX model could not run (message names ``what``).
     """
-    from onnxstitch.runtime.verification import verify
+    from onnxstitch.runtime.verification import compare_on, random_feeds
 
-    sizes = tuple(batch_sizes) if batch_sizes is not None else batch_sizes_for(model)
-    logger.info("validating %s at batch sizes %s (rtol=%g, atol=%g)", what, sizes, rtol, atol)
+    if feeds is None:
+        sizes = tuple(batch_sizes) if batch_sizes is not None else batch_sizes_for(model)
+        feeds = [
+            (f"seeded random inputs (seed {i}), batch {b}", random_feeds(model, b, seed=i))
+            for i, b in enumerate(sizes)
+        ]
+    logger.info(
+        "validating %s on %d feed set(s) (%s, rtol=%g, atol=%g)", what, len(feeds), metric, rtol, atol
+    )
     try:
-        report = verify(model, reference, feeds, rtol=rtol, atol=atol, batch_sizes=sizes)
+        report = compare_on(model, reference, feeds, rtol=rtol, atol=atol, metric=metric)
     except StitchError:
         raise
     except Exception as exc:
         raise ConversionError(
             f"{what}: validation could not run: {type(exc).__name__}: {exc}",
-            hint="pass validate=False to skip the parity check, then check the model by hand",
+            hint="check that the native model runs on the validation feeds; give inputs it accepts "
+            "with validation_inputs=",
         ) from exc
     if not report:
         raise ValidationError(
             f"{what}: the converted ONNX model does not compute what the native model computes:\n{report}",
             report=report,
-            hint="a deterministic model should match within the tolerances; random ops or train-mode "
-            "layers cannot (pass validate=False for those); loosen rtol/atol only for numerical noise",
+            hint=_mismatch_hint(report),
         )
     return report
+
+
+def _mismatch_hint(report: Any) -> str:
+    if all("uninformative" in r.note for r in report.failures):
+        return (
+            "the failing outputs barely vary on these feeds, so nothing was proven: validate on inputs "
+            "that exercise the model (validation_inputs=) or give it trained(-like) weights and "
+            "BatchNorm statistics"
+        )
+    return (
+        "a deterministic model matches to float precision, so this is a wrong conversion: do not ship "
+        "it; if the model is random by design (dropout or noise at inference), make it deterministic "
+        "before converting; loosen rtol/atol only for numerical noise, e.g. fp16 weights"
+    )

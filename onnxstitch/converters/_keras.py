@@ -80,6 +80,8 @@ def from_keras(
     trusted: bool = False,
     layouts: Mapping[str, str] | None = None,
     op_handlers: Mapping[str, OpHandler] | None = None,
+    validation_inputs: Any = None,
+    metric: str = _common.DEFAULT_METRIC,
 ) -> onnx.ModelProto:
     """Convert a Keras model, a Keras file, a SavedModel directory or a ``tf.function`` to ONNX.
 
@@ -94,7 +96,7 @@ def from_keras(
             built with ``build(shape)``) or a subclassed model's build config (float32 inputs).
         opset: ai.onnx opset of the result, between 9 and 18 (tf2onnx's limit); default 18.
         validate: run the native model and the ONNX model on seeded random inputs at batch 1 and 7
-            and compare every output (``|onnx - native| <= atol + rtol * |native|``).
+            (or on ``validation_inputs``) and compare every output (see ``metric``).
         rtol: relative tolerance of the validation (fp32 default 1e-4).
         atol: absolute tolerance of the validation (default 1e-5).
         trusted: load a ``.keras`` / ``.h5`` file with Keras ``safe_mode`` **off**, which runs any
@@ -111,6 +113,11 @@ def from_keras(
         op_handlers: ``{TensorFlow op type: handler}`` for ops tf2onnx has no handler for, passed to
             tf2onnx as ``custom_op_handlers`` (``handler(ctx, node, name, args)`` rewrites ``node`` in
             tf2onnx's graph ``ctx`` into ONNX ops). ``Erfc`` (Keras's exact ``gelu``) is built in.
+        validation_inputs: inputs to validate on instead of random ones: one input set or a list of
+            them; a set is a dict ``{input name: array}``, one array, or a tuple in input order.
+        metric: ``"scaled"`` (default): per output, ``max|onnx - native| <= atol + rtol *
+            max|native|``; ``"elementwise"``: every element, ``|onnx - native| <= atol + rtol *
+            |native|``. An output that is constant to within the tolerance fails as uninformative.
 
     Returns:
         A new self-contained ``onnx.ModelProto``: clean input/output names (Keras input layer names or
@@ -148,7 +155,12 @@ def from_keras(
     logger.info("checking the ONNX model of %s", traced.what)
     model = _clean(raw, traced, layouts, opset=target)
     if validate:
-        report = _common.validate(model, traced.reference, what=traced.what, rtol=rtol, atol=atol)
+        feeds = None
+        if validation_inputs is not None:
+            feeds = _common.user_feed_sets(model, validation_inputs, what=traced.what)
+        report = _common.validate(
+            model, traced.reference, what=traced.what, rtol=rtol, atol=atol, feeds=feeds, metric=metric
+        )
         _unclaim_batch(model, report)
     logger.info("converted %s: inputs %s, outputs %s", traced.what, traced.input_names, traced.output_names)
     return model

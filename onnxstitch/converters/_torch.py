@@ -63,6 +63,8 @@ def from_torch(
     layouts: Mapping[str, str] | None = None,
     rtol: float = _common.DEFAULT_RTOL,
     atol: float = _common.DEFAULT_ATOL,
+    validation_inputs: Any = None,
+    metric: str = _common.DEFAULT_METRIC,
 ) -> onnx.ModelProto:
     """Convert a ``torch.nn.Module`` (or a trusted ``torch.export`` ``.pt2`` file) to ONNX.
 
@@ -79,8 +81,10 @@ def from_torch(
             dim 0 of every input is the dynamic ``batch``. ``{}`` makes every dim static; an input
             left out of a non-empty mapping is fully static. Not for a ``.pt2`` (fixed at export).
         opset: the ai.onnx opset; default: the exporter's (checked against onnxruntime's newest).
-        validate: run the module and the ONNX model on the same seeded random inputs at batch
-            sizes 1 and 7 (only the static size when dim 0 is static) and compare every output.
+        validate: run the module and the ONNX model on the same inputs and compare every output:
+            the example inputs, then the examples with their rows repeated to batch 1 and 7 (only
+            the static size when dim 0 is static) and perturbed (floats: noise of their own spread;
+            integers and bools: drawn from the values the examples hold).
         trusted: allow loading a ``.pt2`` file, which can execute pickled code (see Raises).
         layouts: ``{tensor: layout}`` overriding the detected layouts (``NCL``/``NLC``,
             ``NCHW``/``NHWC``, ``NCDHW``/``NDHWC``). Detected from evidence only: a rank-3/4/5 input
@@ -89,8 +93,12 @@ def from_torch(
             through transposes (``onnxstitch._layouts``); a ``Linear``, attention or ``permute``
             of an input records nothing.
         rtol: relative tolerance of the validation (default 1e-4, fp32 scale).
-        atol: absolute tolerance of the validation (default 1e-5). An element passes when
-            ``|onnx - torch| <= atol + rtol * |torch|``.
+        atol: absolute tolerance of the validation (default 1e-5).
+        validation_inputs: the inputs to validate on instead: a list of input sets, each in a form
+            ``example_inputs`` takes (one tensor or dict alone is one set).
+        metric: ``"scaled"`` (default): per output, ``max|onnx - torch| <= atol + rtol *
+            max|torch|``; ``"elementwise"``: every element, ``|onnx - torch| <= atol + rtol *
+            |torch|``. An output that is constant to within the tolerance fails as uninformative.
 
     Returns:
         A new, self-contained ``onnx.ModelProto`` with ``onnxstitch.source = "torch"``.
@@ -103,7 +111,8 @@ def from_torch(
             dynamic dims, or both exporters failed
             (the message names the module class and the reason).
         VersionError: ``opset`` is beyond what the installed onnxruntime runs.
-        ValidationError: the ONNX model's outputs differ from torch's beyond the tolerances.
+        ValidationError: the ONNX model's outputs differ from torch's beyond the tolerances, or
+            an output is uninformative on the feeds (the message lists the feeds used).
     """
     torch = _common.require("torch", package="torch", extra="torch", purpose="converting a PyTorch model")
     _common.check_opset(opset, what="from_torch")
@@ -130,8 +139,10 @@ def from_torch(
     _common.set_producer(model, "torch")
     model = _common.finalize(model, what=source.label)
     if validate:
+        feeds = _validation_feeds(torch, source, model, args, kwargs, names, validation_inputs)
+        reference = _reference(torch, source, args, kwargs)
         _common.validate(
-            model, _reference(torch, source, args, kwargs), what=source.label, rtol=rtol, atol=atol
+            model, reference, what=source.label, rtol=rtol, atol=atol, feeds=feeds, metric=metric
         )
     return model
 
@@ -554,6 +565,37 @@ def _batch_proof(
 
 
 # ------------------------------------------------------------------------------------ reference
+def _validation_feeds(
+    torch: Any,
+    source: _Source,
+    model: onnx.ModelProto,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    names: list[str],
+    validation_inputs: Any,
+) -> list[tuple[str, dict[str, Any]]] | None:
+    """The feed sets of the validation: ``validation_inputs`` (each set in any form example_inputs
+    takes), else the examples and their repeated, perturbed versions; ``None``: seeded random."""
+    if validation_inputs is not None:
+        one = isinstance(validation_inputs, torch.Tensor | Mapping)
+        out = []
+        for i, given in enumerate([validation_inputs] if one else list(validation_inputs)):
+            v_args, v_kwargs, _ = _normalize_inputs(torch, source, given)
+            tensors = [*v_args, *v_kwargs.values()]
+            if len(tensors) != len(names):
+                raise ConversionError(
+                    f"{source.label}: validation_inputs[{i}] has {len(tensors)} tensors for {names}",
+                    hint="validation_inputs is a list of input sets, each in a form example_inputs takes",
+                )
+            out.append((f"validation_inputs[{i}]", dict(zip(names, _batch.as_numpy(tensors), strict=True))))
+        return out
+    try:
+        examples = dict(zip(names, _batch.as_numpy([*args, *kwargs.values()]), strict=True))
+    except (TypeError, RuntimeError):  # e.g. bfloat16 has no numpy dtype: seeded random feeds
+        return None
+    return _common.example_feed_sets(model, examples)
+
+
 def _reference(
     torch: Any, source: _Source, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Callable[..., list[np.ndarray]]:

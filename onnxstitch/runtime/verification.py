@@ -33,7 +33,17 @@ import onnx
 from onnxstitch.errors import InputError, StitchError, ValidationError
 from onnxstitch.runtime._feeds import TensorInfo
 
-__all__ = ["METRICS", "FeedSet", "VerifyReport", "VerifyRow", "compare_on", "random_feeds", "verify"]
+__all__ = [
+    "METRICS",
+    "FeedSet",
+    "VerifyReport",
+    "VerifyRow",
+    "compare_on",
+    "describe_feeds",
+    "random_feed_sets",
+    "random_feeds",
+    "verify",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -403,14 +413,23 @@ FeedSet = tuple[str, Mapping[str, Any]]
 """A described feed set: ``(description, {input name: array})``."""
 
 
+def random_feed_sets(model: onnx.ModelProto, batch_sizes: Sequence[int], seed: int = 0) -> list[FeedSet]:
+    """Described :func:`random_feeds`, one set per batch size (seeds ``seed``, ``seed + 1``, …).
+
+    Raises:
+        StitchError: no batch size given.
+    """
+    if not batch_sizes:
+        raise StitchError("verify needs at least one batch size", hint="e.g. batch_sizes=(1, 7)")
+    return [
+        (f"seeded random inputs (seed {seed + i}), batch {b}", random_feeds(model, b, seed=seed + i))
+        for i, b in enumerate(batch_sizes)
+    ]
+
+
 def _feed_sets(model: onnx.ModelProto, feeds: Any, batch_sizes: Sequence[int], seed: int) -> list[FeedSet]:
     if feeds is None:
-        if not batch_sizes:
-            raise StitchError("verify needs at least one batch size", hint="e.g. batch_sizes=(1, 7)")
-        return [
-            (f"seeded random inputs (seed {seed + i}), batch {b}", random_feeds(model, b, seed=seed + i))
-            for i, b in enumerate(batch_sizes)
-        ]
+        return random_feed_sets(model, batch_sizes, seed)
     sets = [feeds] if isinstance(feeds, Mapping) else list(feeds)
     if not sets or not all(isinstance(s, Mapping) for s in sets):
         raise InputError(

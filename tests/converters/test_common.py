@@ -181,3 +181,128 @@ def test_drop_unused_opsets_keeps_default_and_used_domains() -> None:
     )
     drop_unused_opsets(used)
     assert {o.domain for o in used.opset_import} == {"", "ai.onnx.ml"}
+
+
+# ---------------------------------------------------------------------- validation metric and feeds
+SCALE = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[N, 4] x) => (float[N, 4] y) {
+  y = Identity(x)
+}
+"""
+
+TOKENS = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (int64[N, 5] ids, int64[N, 5] mask) => (float[N, 5] y) {
+  f = Cast<to = 1>(ids)
+  m = Cast<to = 1>(mask)
+  y = Mul(f, m)
+}
+"""
+
+
+def test_scaled_metric_judges_errors_against_the_output_magnitude() -> None:
+    """float32 noise of 3e-5 on a near-zero element of an output that reaches 30 is no bug."""
+    model = _model(SCALE)
+    x = np.array([[30.0, -12.0, 1e-6, 0.5]] * 2, dtype=np.float32)
+
+    def off(x: np.ndarray) -> np.ndarray:
+        return x + np.array([0, 0, 3e-5, 0], dtype=np.float32)
+
+    feeds = [("given", {"x": x})]
+    with pytest.raises(ValidationError):  # elementwise: 3e-5 > 1e-5 + 1e-4 * 1e-6
+        _common.validate(model, off, what="m", feeds=feeds, metric="elementwise")
+    report = _common.validate(model, off, what="m", feeds=feeds)  # scaled: 3e-5 <= 1e-5 + 1e-4 * 30
+    (row,) = report.rows
+    assert row.metric == "scaled" and row.scale == 30.0 and row.bound == pytest.approx(3.01e-3)
+    assert "max|err| <= atol + rtol * max|ref|" in str(report)
+
+
+def test_scaled_metric_still_fails_errors_of_the_output_scale() -> None:
+    model = _model(SCALE)
+    x = np.array([[30.0, -12.0, 1e-6, 0.5]], dtype=np.float32)
+    with pytest.raises(ValidationError) as info:
+        _common.validate(model, lambda x: x * 1.01, what="m", feeds=[("given", {"x": x})])
+    (row,) = info.value.report.rows
+    assert not row.passed and "max abs err 0.3 > atol + rtol * max|ref| = 0.00304 (max|ref| 30.3)" in row.note
+    assert "validate=False" not in str(info.value)
+
+
+@pytest.mark.parametrize("metric", ["scaled", "elementwise"])
+@pytest.mark.parametrize("values", [6e-10, 0.0, 2.5])  # all tiny, all zero, all the same
+def test_an_output_that_cannot_tell_anything_fails_as_uninformative(metric: str, values: float) -> None:
+    model = _model(SCALE)
+    feeds = [("all the same", {"x": np.full((3, 4), values, dtype=np.float32)})]
+    with pytest.raises(ValidationError) as info:
+        _common.validate(model, lambda x: x, what="m", feeds=feeds, metric=metric)
+    (row,) = info.value.report.rows
+    assert not row.passed and row.note.startswith("uninformative: the reference values lie in")
+    assert info.value.hint is not None and "validation_inputs=" in info.value.hint
+    # the same model on inputs that vary passes
+    _common.validate(model, lambda x: x, what="m", metric=metric)
+
+
+def test_example_feeds_keep_integer_values_and_vary_floats() -> None:
+    model = _model(TOKENS)
+    ids = np.array([[101, 7, 7, 9, 102]], dtype=np.int64)
+    mask = np.array([[1, 1, 1, 0, 0]], dtype=np.int64)
+    sets = _common.example_feed_sets(model, {"ids": ids, "mask": mask})
+    assert sets[0][0] == "the example inputs"
+    assert [feed["ids"].shape[0] for _, feed in sets] == [1, 1, 7]
+    for _, feed in sets:
+        assert set(np.unique(feed["ids"])) <= {7, 9, 101, 102} and set(np.unique(feed["mask"])) <= {0, 1}
+    zeros = _common.example_feed_sets(_model(SCALE), {"x": np.zeros((2, 4), np.float32)})
+    assert zeros[0][1]["x"].std() == 0 and all(feed["x"].std() > 0 for _, feed in zeros[1:])
+    assert 0.5 < zeros[2][1]["x"].std() < 2  # batch 7: standard normal noise, all-zero examples
+
+
+def test_random_integer_feeds_break_a_mask_model_the_examples_do_not() -> None:
+    """GPT-2's failure: a mask the model treats as 0/1 fed 0..3. The examples' values keep it 0/1."""
+    model = _model(TOKENS)
+
+    def reference(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:  # the native model: mask is boolean
+        return (ids * (mask > 0)).astype(np.float32)
+
+    with pytest.raises(ValidationError) as info:
+        _common.validate(model, reference, what="m")  # seeded random ints 0..3
+    assert "feeds #1: seeded random inputs" in str(info.value)
+    ids = np.array([[5, 6, 7, 8, 9]], dtype=np.int64)
+    examples = {"ids": ids, "mask": np.array([[1, 1, 1, 0, 0]], dtype=np.int64)}
+    report = _common.validate(model, reference, what="m", feeds=_common.example_feed_sets(model, examples))
+    assert len(report.feeds) == 3 and report.feeds[0].startswith("the example inputs: ids int64[1,5]")
+    assert "mask int64[7,5] in {0, 1}" in report.feeds[2]
+
+
+def test_user_feed_sets_forms_and_errors() -> None:
+    model = _model(TOKENS)
+    a, b = np.ones((2, 5), np.int64), np.zeros((2, 5), np.int64)
+    as_dict = _common.user_feed_sets(model, {"ids": a, "mask": b}, what="m")
+    as_tuple = _common.user_feed_sets(model, [(a, b), {"mask": b, "ids": a}], what="m")
+    assert [label for label, _ in as_tuple] == ["validation_inputs[0]", "validation_inputs[1]"]
+    for _, feed in [*as_dict, *as_tuple]:
+        assert feed["ids"] is a and feed["mask"] is b
+    with pytest.raises(StitchError, match=r"validation_inputs\[0\] has 1 arrays"):
+        _common.user_feed_sets(model, [(a,)], what="m")
+    with pytest.raises(StitchError, match=r"validation_inputs\[0\] names \['idz', 'mask'\]"):
+        _common.user_feed_sets(model, {"idz": a, "mask": b}, what="m")
+
+
+def test_no_hint_suggests_turning_validation_off() -> None:
+    """A mismatch is a wrong model: no fix line anywhere may propose skipping the check."""
+    import ast
+    from pathlib import Path
+
+    import onnxstitch
+
+    offenders = []
+    for path in Path(onnxstitch.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.keyword) and node.arg == "hint":
+                text = "".join(
+                    n.value
+                    for n in ast.walk(node.value)
+                    if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                )
+                if "validate=False" in text or "no-validate" in text:
+                    offenders.append(f"{path.name}:{node.value.lineno}: {text[:80]}")
+    assert offenders == []

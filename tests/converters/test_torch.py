@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import os
@@ -25,7 +26,10 @@ from torch_models import (  # noqa: E402
     CNN,
     MLP,
     Broken,
+    ClipLarge,
+    ClipLargeCond,
     DataDependent,
+    HalvingLoop,
     Noisy,
     Pair,
     Tokens,
@@ -262,20 +266,76 @@ def test_module_failing_on_its_examples_says_so(module: Any, example: Any, takes
     assert "dynamo" not in text and "dynamic_dims" not in text
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_dynamo_failure_output_stays_off_stderr(
     capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     """torch.export prints the partial graph and logs errors itself; we keep one warning of ours."""
     before = logging.getLogger("torch").level
-    with caplog.at_level(logging.WARNING, logger="onnxstitch.converters._torch"):
-        model = ox.from_torch(DataDependent(), torch.ones(2, 3), dynamic_dims={}, validate=False)
-    assert model.graph.output[0].name == "output"
+    with (
+        caplog.at_level(logging.WARNING, logger="onnxstitch.converters._torch"),
+        pytest.raises(ConversionError),
+    ):
+        ox.from_torch(DataDependent(), torch.ones(2, 3), dynamic_dims={}, validate=False)
     err = capfd.readouterr().err
     assert "def forward" not in err and "always_classified" not in err and "Traceback" not in err
+    assert "TracerWarning" not in err  # reported in the error, not printed
     fallbacks = [r for r in caplog.records if "falling back to the TorchScript" in r.getMessage()]
     assert len(fallbacks) == 1
     assert logging.getLogger("torch").level == before  # the quieting is scoped
+
+
+def _line_of(cls: type, text: str) -> int:
+    source, first = inspect.getsourcelines(cls)
+    return first + next(i for i, line in enumerate(source) if text in line)
+
+
+@pytest.mark.parametrize("validate", [True, False])
+def test_data_dependent_branch_is_refused_naming_the_line(validate: bool) -> None:
+    """dynamo fails on `if x.abs().max() > 4`; TorchScript would trace the one branch the examples take."""
+    with pytest.raises(ConversionError) as info:
+        ox.from_torch(ClipLarge(), torch.randn(2, 5), validate=validate)
+    text = str(info.value)
+    assert text.startswith("torch module ClipLarge: forward takes a data-dependent branch")
+    assert f"torch_models.py:{_line_of(ClipLarge, 'if x.abs().max() > 4:')}" in text
+    assert "`if x.abs().max() > 4:` (converting a tensor to a Python boolean)" in text
+    assert "GuardOnDataDependentSymNode" in text  # dynamo's reason
+    assert info.value.hint is not None and "torch.cond" in info.value.hint
+    assert "validate" not in info.value.hint
+
+
+def test_data_dependent_loop_is_refused() -> None:
+    with pytest.raises(ConversionError) as info:
+        ox.from_torch(HalvingLoop(), torch.randn(2, 5) * 3)
+    text = str(info.value)
+    assert f"torch_models.py:{_line_of(HalvingLoop, 'for _ in range')}" in text
+    assert "converting a tensor to a Python integer" in text
+
+
+def test_torch_cond_converts_both_branches() -> None:
+    module = ClipLargeCond()
+    model = ox.from_torch(module, torch.randn(2, 5))
+    assert "If" in {n.op_type for n in model.graph.node}
+    for scale in (1.0, 10.0):  # all below 4, then some beyond
+        x = (np.random.default_rng(3).standard_normal((6, 5)) * scale).astype(np.float32)
+        np.testing.assert_allclose(_run(model, {"x": x})[0], _torch_out(module, x)[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture
+def dynamo_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dynamo exporter fails (as on an op it lacks): the TorchScript fallback is taken."""
+    from onnxstitch.converters import _torch
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("an op the dynamo exporter lacks")
+
+    monkeypatch.setattr(_torch, "_export_dynamo", fail)
+
+
+@pytest.mark.usefixtures("dynamo_fails")
+def test_faithful_trace_is_still_a_fallback() -> None:
+    """A trace that converts no tensor to a Python value is exported (and validated) as before."""
+    model = ox.from_torch(seeded(MLP), torch.randn(2, 6))
+    assert model.graph.output[0].name == "output"
 
 
 def test_layout_override_wins() -> None:
@@ -295,7 +355,9 @@ def test_nondeterministic_module_fails_validation_with_table() -> None:
     text = str(info.value)
     assert "Noisy" in text and "max abs err" in text and "✗" in text
     assert not info.value.report
-    assert sorted(r.batch for r in info.value.report.rows) == [1, 7]
+    # the example (batch 2), then the example repeated to batch 1 and 7 and perturbed
+    assert [r.batch for r in info.value.report.rows] == [2, 1, 7]
+    assert "feeds #1: the example inputs: x float32[2,5]" in text
 
 
 def test_tolerances_and_validate_flag_are_honoured() -> None:
@@ -305,12 +367,12 @@ def test_tolerances_and_validate_flag_are_honoured() -> None:
     assert ox.from_torch(Noisy(), torch.randn(2, 5), validate=False).graph.output[0].name == "output"
 
 
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.usefixtures("dynamo_fails")
 def test_torchscript_fallback_says_why_and_links_batch(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="onnxstitch.converters._torch"):
         model = ox.from_torch(TracedOutputs(), torch.randn(2, 3, 4))
     messages = [r.getMessage() for r in caplog.records if "falling back to the TorchScript" in r.getMessage()]
-    assert len(messages) == 1 and "TracedOutputs" in messages[0] and "data-dependent" in messages[0]
+    assert len(messages) == 1 and "TracedOutputs" in messages[0] and "dynamo exporter lacks" in messages[0]
     dims = _dims(model)
     # TorchScript names both output dims 0 like "Tile32_dim_0": the one that follows the batch is
     # linked to it, the data-dependent one (nonzero) is left alone

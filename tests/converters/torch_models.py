@@ -111,9 +111,92 @@ class DataDependent(nn.Module):
 
 
 class TracedOutputs(nn.Module):
-    """Forces the TorchScript fallback; one output follows the batch, one is data-dependent."""
+    """Traced faithfully by TorchScript; one output follows the batch, one is data-dependent."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.abs().sum() >= 0:  # always true: the traced branch is the right one
-            return x[:, :2].repeat(1, 2, 1), torch.nonzero(x > 0)
-        return x, x
+        return x[:, :2].repeat(1, 2, 1), torch.nonzero(x > 0)
+
+
+class ClipLarge(nn.Module):
+    """Rescales inputs with a value beyond 4: a data-dependent branch (torch.export refuses it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.abs().max() > 4:
+            return x / x.abs().max() * 4
+        return x * 2
+
+
+class ClipLargeCond(nn.Module):
+    """ClipLarge written with torch.cond: both branches are exported."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.abs().max() > 4, lambda t: t / t.abs().max() * 4, lambda t: t * 2, (x,))
+
+
+class HalvingLoop(nn.Module):
+    """A loop whose trip count is a tensor value."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(int(x.abs().max())):
+            x = x * 0.5
+        return x
+
+
+class _Basic(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.down: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.down(x))
+
+
+class ResNet18(nn.Module):
+    """torchvision's ResNet-18 layout (BasicBlocks 2-2-2-2, 64..512 channels), built here."""
+
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
+        blocks: list[nn.Module] = []
+        cin = 64
+        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+            blocks += [_Basic(cin, cout, stride), _Basic(cout, cout, 1)]
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.blocks(self.stem(image)).mean(dim=(2, 3)))
+
+
+def trained_like(module: nn.Module, example: torch.Tensor, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm the statistics and affine terms of a trained network, in eval mode.
+
+    Random-init BatchNorm (mean 0, var 1) leaves activations that shrink or blow up layer by layer;
+    after training each BatchNorm holds its input's real statistics. One training-mode pass with
+    momentum 1 on a batch of inputs like ``example`` records exactly those; scales and shifts are
+    drawn around 1 and 0 as training leaves them.
+    """
+    torch.manual_seed(seed)
+    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.momentum = 1.0
+        with torch.no_grad():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_(0.0, 0.2)
+    module.train()
+    with torch.no_grad():
+        module(torch.randn(8, *example.shape[1:]) * example.std() + example.mean())
+    for bn in bns:
+        bn.momentum = 0.1
+    return module.eval()

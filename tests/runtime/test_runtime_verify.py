@@ -62,7 +62,9 @@ def test_verify_passes_with_sequence_reference(add_model: onnx.ModelProto) -> No
     assert (u.rtol, u.atol) == (0.0, 0.0)  # integers compared exactly
     text = str(report)
     assert "all outputs match" in text
-    assert "output  batch  shape  max abs err  max rel err  tolerance" in text
+    assert "output  feeds  batch  shape  max abs err  max rel err  tolerance" in text
+    assert "(per output: max|err| <= atol + rtol * max|ref|)" in text
+    assert "feeds #2: seeded random inputs (seed 1), batch 7: x float32[7,3] in [" in text
     assert text.count("✓") == 4 and "✗" not in text
     assert "exact" in text and "rtol=0.0001 atol=1e-05" in text
     report.raise_for_mismatch()  # does not raise
@@ -94,7 +96,9 @@ def test_verify_fails_with_table(add_model: onnx.ModelProto) -> None:
     z = by_name["z"]
     assert not z.passed and z.shape_ok
     assert z.max_abs == pytest.approx(0.5, rel=1e-5)
-    assert "1 of 6 elements out of tolerance" in z.note
+    assert "max abs err 0.5 > atol + rtol * max|ref|" in z.note and "1 of 6 elements beyond it" in z.note
+    elementwise = {r.output: r for r in verify(add_model, wrong, batch_sizes=(2,), metric="elementwise").rows}
+    assert "1 of 6 elements out of tolerance" in elementwise["z"].note
     assert not by_name["u"].passed and by_name["u"].max_abs == 1.0
     assert not by_name["extra"].passed and "model has no output 'extra'" in by_name["extra"].note
     text = str(report)
@@ -203,7 +207,13 @@ def test_report_to_dict(add_model: onnx.ModelProto) -> None:
         "atol": 1e-5,
         "passed": True,
         "note": "",
+        "metric": "scaled",
+        "scale": data["rows"][0]["scale"],
+        "feeds": "#1",
     }
+    assert data["rows"][0]["scale"] > 0 and data["feeds"][0].startswith(
+        "seeded random inputs (seed 0), batch 2"
+    )
 
 
 def test_empty_report_is_falsy() -> None:
