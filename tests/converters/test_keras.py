@@ -561,13 +561,24 @@ def test_validate_false_skips_check(noisy: Any) -> None:
     assert io_names(converted) == (["x"], ["output"])
 
 
+def test_validation_inputs_are_used_and_named_in_the_error(noisy: Any) -> None:
+    given = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    with pytest.raises(ValidationError) as info:
+        from_keras(noisy, validation_inputs={"x": given})
+    assert [r.batch for r in info.value.report.rows] == [3]
+    assert "feeds #1: validation_inputs[0]: x float32[3,4] in [-1, 1]" in str(info.value)
+
+
 def test_tolerances_are_used(noisy: Any) -> None:
+    # outputs spanning +-100, noise of ~N(0, 2): a tolerance of 10 passes the noise, and is still far
+    # below the outputs' spread (else the check would be uninformative and fail as such)
+    wide = {"x": np.linspace(-100, 100, 28, dtype=np.float32).reshape(7, 4)}
     with pytest.raises(ValidationError):
-        from_keras(noisy)  # the default tolerances fail on this model ...
-    from_keras(noisy, atol=100.0)  # ... a loose atol passes: standard normal noise is far below 100
+        from_keras(noisy, validation_inputs=wide)  # the default tolerances fail on this model ...
+    from_keras(noisy, validation_inputs=wide, atol=10.0)  # ... a loose atol passes ...
     with pytest.raises(ValidationError):
-        from_keras(noisy, rtol=0.0, atol=1e-3)
-    from_keras(noisy, rtol=1e9, atol=1e-3)  # ... and so does a loose rtol with the same atol
+        from_keras(noisy, validation_inputs=wide, rtol=0.0, atol=1e-3)
+    from_keras(noisy, validation_inputs=wide, rtol=0.1, atol=1e-3)  # ... and so does a loose rtol
 
 
 # ------------------------------------------------------------------------------- environment

@@ -33,6 +33,7 @@ from torch_models import (  # noqa: E402
     Noisy,
     Pair,
     Tokens,
+    TokenTypes,
     TracedOutputs,
     TwoTower,
     Unexportable,
@@ -41,6 +42,7 @@ from torch_models import (  # noqa: E402
 
 import onnxstitch as ox  # noqa: E402
 from onnxstitch import _meta  # noqa: E402
+from onnxstitch.converters import _common  # noqa: E402
 from onnxstitch.converters._common import value_dims  # noqa: E402
 from onnxstitch.errors import (  # noqa: E402
     ConversionError,
@@ -66,6 +68,15 @@ def _torch_out(module: Any, *arrays: np.ndarray) -> list[np.ndarray]:
         out = module(*[torch.from_numpy(a) for a in arrays])
     out = out if isinstance(out, tuple) else (out,)
     return [o.numpy() for o in out]
+
+
+def _torch_ref(module: Any) -> Any:
+    """The module as a numpy reference (inputs in graph order)."""
+
+    def run(*arrays: np.ndarray) -> list[np.ndarray]:
+        return _torch_out(module, *arrays)
+
+    return run
 
 
 def _snapshot(module: Any) -> dict[str, Any]:
@@ -365,6 +376,35 @@ def test_tolerances_and_validate_flag_are_honoured() -> None:
     model = ox.from_torch(Noisy(), torch.randn(2, 5), atol=1.0, rtol=0.0)
     assert _dims(model) == {"x": ["batch", 5], "output": ["batch", 5]}
     assert ox.from_torch(Noisy(), torch.randn(2, 5), validate=False).graph.output[0].name == "output"
+
+
+def test_validation_feeds_come_from_the_examples() -> None:
+    """Random integers 0..3 index past a 2-row token-type table; the examples' values do not."""
+    module = seeded(TokenTypes).eval()
+    ids = torch.tensor([[3, 17, 42, 9, 0]])
+    types = torch.tensor([[0, 0, 1, 1, 1]])
+    model = ox.from_torch(module, (ids, types), dynamic_dims={"ids": {0: "batch"}, "types": {0: "batch"}})
+    with pytest.raises(ox.StitchError, match="out of data bounds"):  # what random feeds did (0..3)
+        _common.validate(model, _torch_ref(module), what="m")
+    sets = _common.example_feed_sets(model, {"ids": ids.numpy(), "types": types.numpy()})
+    assert all(set(np.unique(f["ids"])) <= {0, 3, 9, 17, 42} for _, f in sets)
+
+
+def test_validation_inputs_are_used_and_named_in_the_error() -> None:
+    given = [torch.randn(3, 5), {"x": torch.randn(4, 5)}]
+    with pytest.raises(ValidationError) as info:
+        ox.from_torch(Noisy(), torch.randn(2, 5), validation_inputs=given)
+    report = info.value.report
+    assert [r.batch for r in report.rows] == [3, 4]
+    assert [f.split(":")[0] for f in report.feeds] == ["validation_inputs[0]", "validation_inputs[1]"]
+    assert "feeds #2: validation_inputs[1]: x float32[4,5] in [" in str(info.value)
+    module = seeded(TokenTypes).eval()
+    example = (torch.tensor([[1, 2]]), torch.tensor([[0, 0]]))
+    ox.from_torch(
+        module, example, validation_inputs=[(torch.tensor([[5, 6], [7, 8]]), torch.tensor([[0, 1]] * 2))]
+    )
+    with pytest.raises(ConversionError, match=r"validation_inputs\[0\] has 1 tensors"):
+        ox.from_torch(module, example, validation_inputs=[(torch.tensor([[5, 6]]),)])
 
 
 @pytest.mark.usefixtures("dynamo_fails")

@@ -200,3 +200,16 @@ def trained_like(module: nn.Module, example: torch.Tensor, seed: int = 0) -> nn.
     for bn in bns:
         bn.momentum = 0.1
     return module.eval()
+
+
+class TokenTypes(nn.Module):
+    """BERT-like embeddings: token ids (vocabulary 50) and token types (only 0 and 1 exist)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.words = nn.Embedding(50, 8)
+        self.types = nn.Embedding(2, 8)
+        self.proj = nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.words(ids) + self.types(types))
