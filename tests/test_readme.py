@@ -206,6 +206,7 @@ def test_make_targets_run_the_documented_commands() -> None:
 
 _RUNS: dict[Path, subprocess.CompletedProcess[str]] = {}
 _HEADER = re.compile(r"^--- (\S+) \[\w* ([\w-]+)\]$")
+_STATUS = re.compile(r"    (ok) in [\d.]+ s$|    (skipped): no CUDA here$")
 GPU_DOCS = [d for d in DOCS if any(b.marker == "gpu" for b in parse_blocks(d.read_text(encoding="utf-8")))]
 
 
@@ -233,8 +234,8 @@ def block_outcomes(stdout: str) -> dict[str, tuple[str, str]]:
     for line in stdout.splitlines():
         if header := _HEADER.match(line):
             current = (header.group(1), header.group(2))
-        elif current and line.startswith(("    ok in ", "    skipped: ")):
-            outcomes[current[0]] = (current[1], line.split()[0].rstrip(":"))
+        elif current and (status := _STATUS.search(line)):  # a block's output may lack its last newline
+            outcomes[current[0]] = (current[1], status.group(1) or status.group(2))
             current = None
     return outcomes
 
@@ -267,7 +268,7 @@ def test_a_skipped_gpu_block_does_not_count_as_run() -> None:
     blocks = parse_blocks(doc.read_text(encoding="utf-8"))
     skipped = "".join(
         f"--- {doc.name}:{b.line} [{b.lang} {b.marker}]\nprinted output\n"
-        + ("    skipped: no CUDA here\n" if b.marker == "gpu" else "    ok in 0.1 s\n")
+        + ("    skipped: no CUDA here\n" if b.marker == "gpu" else "no newline at the end    ok in 0.1 s\n")
         for b in blocks
     )
     assert outcome_problems(doc, skipped, cuda=False) == []
