@@ -562,8 +562,6 @@ def _batch_proof(
     return _batch.prove_batch(lambda arrays: reference(*arrays), examples, what=source.label)
 
 
-
-
 # ------------------------------------------------------------------------------------ reference
 def _validation_feeds(
     torch: Any,
