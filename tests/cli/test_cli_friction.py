@@ -4,6 +4,7 @@ missing package."""
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -129,15 +130,17 @@ def keras_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_conversion_shows_its_stages_on_stderr(keras_file: Path, tmp_path: Path) -> None:
+    library = logging.getLogger("onnxstitch")
+    before = (library.level, list(library.handlers))
     done = runner.invoke(app, ["convert", "keras", str(keras_file), "-o", str(tmp_path / "t.onnx")])
     assert done.exit_code == 0, done.output
     stages = [line for line in done.stderr.splitlines() if line.startswith(f"converting {keras_file}")]
     text = "\n".join(stages)
     assert "tracing" in text and "tf2onnx" in text and "validating" in text, done.stderr
-    assert all(
-        re.match(rf"converting {re.escape(str(keras_file))} \[ *\d+\.\d s\] \w", line) for line in stages[1:]
-    )
+    pattern = rf"converting {re.escape(str(keras_file))} \[ *\d+\.\d s\] \w"
+    assert all(re.match(pattern, line) for line in stages[1:])
     assert "wrote" in done.stdout and "converting" not in done.stdout
+    assert (library.level, list(library.handlers)) == before  # the progress display is gone
 
 
 def test_json_output_has_no_progress(keras_file: Path, tmp_path: Path) -> None:
@@ -145,15 +148,6 @@ def test_json_output_has_no_progress(keras_file: Path, tmp_path: Path) -> None:
     done = runner.invoke(app, args)
     assert done.exit_code == 0, done.output
     assert "tracing" not in done.stderr
-
-
-def test_progress_leaves_the_library_logger_as_it_was(keras_file: Path, tmp_path: Path) -> None:
-    import logging
-
-    library = logging.getLogger("onnxstitch")
-    before = (library.level, list(library.handlers))
-    runner.invoke(app, ["convert", "keras", str(keras_file), "-o", str(tmp_path / "t.onnx")])
-    assert (library.level, list(library.handlers)) == before
 
 
 # ----------------------------------------------------------------------------------------- demo
