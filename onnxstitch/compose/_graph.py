@@ -277,7 +277,8 @@ class GraphBuilder:
         if part.owned:
             part.weights.clear()  # the last reference to a loaded part's weights: released now
         self.renames[key] = base
-        clash = {f"{key}/{n}" for n in _all_names(part.model)} & interface
+        scoped = {n[len(key) + 1 :] for n in interface if n.startswith(f"{key}/")}
+        clash = {f"{key}/{n}" for n in scoped & _all_names(part.model)} if scoped else set()
         if clash:
             from onnxstitch.errors import SpecError
 
@@ -289,11 +290,13 @@ class GraphBuilder:
             if (key, name) in self.adapters:
                 self._adapter(key, name, self.adapters[(key, name)])
         funcs = self.funcs[key]
-        for i, node in enumerate(part.model.graph.node):
-            copy = self.model.graph.node.add()
-            copy.CopyFrom(node)
+        nodes = self.model.graph.node
+        start = len(nodes)
+        nodes.extend(part.model.graph.node)  # one copy in C; renamed in place below
+        for i in range(start, len(nodes)):
+            copy = nodes[i]
+            copy.name = f"{key}/{copy.name or f'{copy.op_type}_{i - start}'}"
             rename_node(copy, base, funcs)
-            copy.name = f"{key}/{node.name or f'{node.op_type}_{i}'}"
             _meta.set_prop(copy, _meta.PART, key)
         for sparse in part.model.graph.sparse_initializer:
             copy_s = self.model.graph.sparse_initializer.add()
