@@ -133,7 +133,9 @@ def merge(
         CycleError: the links form a cycle (the message names it: ``a -> b -> a``).
         VersionError: a part cannot be brought to the target opset, or ``opset=`` exceeds onnxruntime.
         SeamError: dtype/rank/dim/layout problems at the seams (every seam's problems at once).
-        ModelFileError: a part file is missing or unreadable, or a part is not a valid ONNX model.
+        ModelFileError: a part file is missing or unreadable, a part is not a valid ONNX model, its
+            external data is missing or does not match its tensors, or the ``save_to`` folder is missing.
+        UnsafeModelError: a part's external data leaves its folder (``..``, absolute, symlink, hardlink).
         ValidationError: ``optimize=True`` changed the outputs.
     """
     store = ExternalStore()
