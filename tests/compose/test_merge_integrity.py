@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.helper
 import onnx.numpy_helper
 import onnx.parser
 import pytest
@@ -131,19 +132,26 @@ def _with_constant_and_branch(name: str, shift: float) -> onnx.ModelProto:
         }}""")
     branch = model.graph.node[2].attribute[0].g
     branch.initializer.append(onnx.numpy_helper.from_array(np.full(4, 10 * shift, np.float32), "s"))
+    values = onnx.numpy_helper.from_array(np.array([1000 * shift], np.float32), "sp")
+    indices = onnx.numpy_helper.from_array(np.array([2], np.int64), "sp_indices")
+    model.graph.sparse_initializer.append(onnx.helper.make_sparse_tensor(values, indices, [4]))
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
 def test_constants_and_subgraph_initializers_read_from_their_own_folder(tmp_path: Path) -> None:
-    """Two parts keep constants and branch weights in files both called weights.bin."""
+    """Two parts keep constants, branch weights and sparse values in files both called weights.bin."""
     a, b = _with_constant_and_branch("a", 1.0), _with_constant_and_branch("b", 100.0)
     pa, pb = _externalize(a, tmp_path / "a"), _externalize(b, tmp_path / "b")
-    assert sum(uses_external_data(t) for t in iter_tensors(onnx.load(str(pa), load_external_data=False))) == 2
+    assert sum(uses_external_data(t) for t in iter_tensors(onnx.load(str(pa), load_external_data=False))) == 4
     merged = ox.merge(
         {"a": pa, "b": pb}, ["a:y->b:x"], inputs={"x": "a:x", "c": ["a:c", "b:c"]}, outputs={"y": "b:y"}
     )
     assert not any(uses_external_data(t) for t in iter_tensors(merged))
+    sparse = {
+        s.values.name: onnx.numpy_helper.to_array(s.values).tolist() for s in merged.graph.sparse_initializer
+    }
+    assert sparse == {"a/sp": [1000.0], "b/sp": [100000.0]}
     x = np.ones((2, 4), np.float32)
     for c in (True, False):
         mid = run(a, {"x": x, "c": np.array(c)})["y"]
