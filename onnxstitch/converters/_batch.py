@@ -26,7 +26,7 @@ Functions:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ def prove_batch(
     examples: Sequence[np.ndarray],
     *,
     what: str,
+    fixed: Collection[int] = (),
 ) -> BatchProof | None:
     """Find the inputs whose dim 0 is the batch by running ``run`` at sizes that differ per input.
 
@@ -68,11 +69,12 @@ def prove_batch(
         run: the model: arrays in input order -> outputs in order.
         examples: one array per input (rank >= 1 for a candidate; its rows are repeated or cut).
         what: the model, for the log.
+        fixed: indices of inputs whose dim 0 is static (never resized, never the batch).
 
     Returns:
         The proof, or ``None`` when the model cannot run at dim 0 = 2 and 3 or no output follows.
     """
-    candidates = [i for i, a in enumerate(examples) if a.ndim >= 1 and a.shape[0] >= 1]
+    candidates = [i for i, a in enumerate(examples) if a.ndim >= 1 and a.shape[0] >= 1 and i not in fixed]
     if not candidates:
         return None
 
@@ -110,21 +112,23 @@ def prove_onnx(model: onnx.ModelProto, *, what: str) -> BatchProof | None:
     if model.ByteSize() >= _PROTOBUF_LIMIT:
         return None
     try:
-        import onnxruntime as ort
-
+        from onnxstitch.runtime.session import Session
         from onnxstitch.runtime.verification import random_feeds
 
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        # a Session, not a bare InferenceSession: it also works once a process-wide pool exists
+        session = Session(model, device="cpu", optimization="basic")
         feeds = random_feeds(model, _LARGE)
     except Exception as exc:  # no proof, no claim
         logger.info("%s: cannot run the model to find its batch dim: %s", what, exc)
         return None
-    names = [i.name for i in session.get_inputs()]
+    names = session.input_names
+    declared = {v.name: _common.value_dims(v) for v in model.graph.input}
+    fixed = [i for i, n in enumerate(names) if declared.get(n) and isinstance(declared[n][0], int)]
 
     def run(arrays: list[np.ndarray]) -> Sequence[np.ndarray]:
-        return list(session.run(None, dict(zip(names, arrays, strict=True))))
+        return list(session.run(dict(zip(names, arrays, strict=True))).values())
 
-    return prove_batch(run, [feeds[n] for n in names], what=what)
+    return prove_batch(run, [feeds[n] for n in names], what=what, fixed=fixed)
 
 
 def apply_proof(model: onnx.ModelProto, proof: BatchProof, symbol: str = "batch") -> onnx.ModelProto:

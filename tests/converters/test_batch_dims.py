@@ -79,6 +79,13 @@ def test_triton_does_not_batch_a_memory_input(attend_onnx: onnx.ModelProto) -> N
         triton_config(attend_onnx, name="m", max_batch_size=8)
 
 
+def test_memory_stays_apart_through_a_merge(attend_onnx: onnx.ModelProto) -> None:
+    head = ox.from_torch(torch.nn.Linear(8, 3), torch.randn(2, 8))
+    merged = ox.merge({"attend": attend_onnx, "head": head}, links=["attend:output->head:input"])
+    assert shapes(merged) == {"x": ["batch", 8], "memory": ["memory_dim0", 8], "output": ["batch", 3]}
+    assert config(merged).max_batch_size == 0
+
+
 def test_inspect_says_why_batching_is_off(attend_onnx: onnx.ModelProto, tmp_path: Path) -> None:
     from onnxstitch.cli import app
 
@@ -128,6 +135,9 @@ def test_proof_from_runs_at_sizes_that_differ_per_input() -> None:
     proof = _batch.prove_batch(run, examples, what="test")
     assert proof == _batch.BatchProof(inputs=frozenset({0, 2}), outputs=frozenset({0, 1}))
     assert _batch.prove_batch(lambda a: [a[0].sum(0)], [np.ones((2, 3))], what="test") is None
+    # a static dim 0 (a fixed 4 x 4 table) is never resized nor claimed
+    fixed = _batch.prove_batch(lambda a: [a[0] @ a[1]], [np.ones((1, 4)), np.eye(4)], what="test", fixed=[1])
+    assert fixed == _batch.BatchProof(inputs=frozenset({0}), outputs=frozenset({0}))
 
 
 # ------------------------------------------------------------------------------------------ Keras
