@@ -72,6 +72,8 @@ def triton(
     console.print(f"[bold]{verb}[/] Triton model {result.name!r} version {result.version}:")
     for path in result.files:
         console.print(f"  {path}")
+    if result.batching_off:
+        console.print(f"dynamic batching off: {result.batching_off}", markup=False)
     console.print(f"\n[bold]config.pbtxt[/]\n{result.config_text}", markup=True)
 
 

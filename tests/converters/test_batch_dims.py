@@ -112,6 +112,23 @@ def test_torch_program_memory_is_the_batch_only_when_the_program_ties_it(
     assert config(model).max_batch_size == (64 if shared else 0)
 
 
+def test_deploy_triton_says_why_batching_is_off(attend_onnx: onnx.ModelProto, tmp_path: Path) -> None:
+    from onnxstitch.cli import app
+
+    path = tmp_path / "attend.onnx"
+    ox.save(attend_onnx, path)
+    result = CliRunner().invoke(
+        app, ["deploy", "triton", str(path), "-r", str(tmp_path / "repo"), "--name", "a"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "dynamic batching off: dim 0 is 'batch' elsewhere, but input 'memory'" in " ".join(
+        result.output.split()
+    )
+    assert ox.deploy_triton(attend_onnx, tmp_path / "r2", name="a", dry_run=True).batching_off.startswith(
+        "dim 0"
+    )
+
+
 def test_torch_batch_major_inputs_stay_one_batch() -> None:
     """The control: two batch-major inputs (tied by an add) keep one ``batch`` and Triton batches."""
 

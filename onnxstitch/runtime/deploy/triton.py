@@ -82,6 +82,7 @@ class TritonDeployment:
     max_batch_size: int
     files: list[Path] = field(default_factory=list)
     dry_run: bool = False
+    batching_off: str = ""  # why the model's signature keeps dynamic batching off ("" when it allows it)
 
     @property
     def model_dir(self) -> Path:
@@ -326,7 +327,10 @@ def deploy_triton(
         accelerator=accelerator,
     )
     root = Path(repository)
-    result = TritonDeployment(root, name, version, text, mbs, dry_run=dry_run)
+    inputs, outputs = model_signature(proto)
+    verdict = batching([(s.name, s.shape) for s in inputs], [(s.name, s.shape) for s in outputs])
+    off = "" if verdict else verdict.reason
+    result = TritonDeployment(root, name, version, text, mbs, dry_run=dry_run, batching_off=off)
     version_dir = result.model_dir / str(version)
     if version_dir.exists() and not force:
         raise DeployError(
