@@ -15,7 +15,8 @@ next to ``inspect``, and pinned by ``tests/files``):
 ``inputs``, ``outputs``
     ``[{"name", "dtype", "shape", "layout"}]``; ``dtype`` a NumPy name (``"float32"``) or the ONNX
     type (``"sequence"``...), ``shape`` a list of ints (static), strings (symbolic) and ``None``
-    (unknown), ``layout`` ``"NHWC"``/``"NCHW"``/``None``.
+    (unknown), ``layout`` ``"NHWC"``/``"NCHW"`` (``"NLC"``/``"NCL"``, ``"NDHWC"``/``"NCDHW"`` at
+    ranks 3 and 5) or ``None``.
 ``batching``
     ``{"dim", "reason"}``: the batch symbol a server may batch along (dim 0 of every input and
     output, e.g. ``"batch"``) or ``None``, and why (``deploy triton`` turns dynamic batching on
