@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "convert",
     "merge",
     "inspect",
+    "diff",
     "run",
     "verify",
     "bench",
