@@ -352,3 +352,20 @@ def test_save_streams_an_in_memory_model(tmp_path: Path) -> None:
     assert peak < 6 << 20, f"peak {peak / 2**20:.1f} MiB while saving 16 MiB of weights"
     loaded = ox.load(tmp_path / "m.onnx")
     assert loaded == model
+
+
+def test_save_to_stores_identical_weights_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two copies of one part, from paths, streamed: the shared weights are compared on disk, written once."""
+    from onnxstitch.files import _write
+
+    part = _big_linear("p", 0)
+    pa, pb = _externalize(part, tmp_path / "a"), _externalize(part, tmp_path / "b")
+    monkeypatch.setattr(_write, "AUTO_EXTERNAL_BYTES", 1)
+    (tmp_path / "out").mkdir()
+    out = ox.chain({"a": pa, "b": pb}, save_to=tmp_path / "out" / "m.onnx")
+    assert (tmp_path / "out" / "m.onnx.data").stat().st_size < 2 * 256 * 256 * 4
+    saved = ox.load(out)
+    assert len(saved.graph.initializer) == 2
+    x = np.random.default_rng(0).standard_normal((2, 256)).astype(np.float32)
+    expected = run(part, {"x": run(part, {"x": x})["y"]})["y"]
+    np.testing.assert_allclose(run(str(out), {"x": x})["y"], expected, **TOL)
