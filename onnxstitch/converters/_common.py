@@ -43,7 +43,8 @@ Checks:
 
 Validation feeds:
     ``example_feed_sets(model, examples, *, batch_sizes=None, seed=0)``  the user's examples, then
-        the examples repeated to each batch size and perturbed (ints drawn from the values they hold).
+        the examples repeated to each batch size and perturbed (ints drawn from the values they
+        hold; masks, inputs with at most two values, keep their rows).
     ``user_feed_sets(model, validation_inputs, *, what)``  ``validation_inputs=`` normalised.
 """
 
@@ -388,9 +389,10 @@ def example_feed_sets(
     The examples themselves, then at each batch size (:func:`batch_sizes_for`) the examples with
     their rows repeated to that size (inputs whose dim 0 is static keep theirs) and perturbed:
     float inputs get seeded normal noise of the input's own spread (its standard deviation, or its
-    magnitude, or 1 for all zeros), so an all-zero example still gives varied feeds; integer and
-    bool inputs are drawn from the values the examples hold (token ids stay valid ids, a 0/1 mask
-    stays 0/1).
+    magnitude, or 1 for all zeros), so an all-zero example still gives varied feeds; integer inputs
+    are drawn from the values the examples hold (token ids stay valid ids), except inputs with at
+    most two values (a 0/1 mask, a flag, token types), whose rows are kept as given: a mask's
+    pattern (right padding) is part of what the model is fed.
     """
     arrays = {name: np.asarray(value) for name, value in examples.items()}
     sizes = tuple(batch_sizes) if batch_sizes is not None else batch_sizes_for(model)
@@ -416,7 +418,10 @@ def _perturbed(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             spread = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
         return (a + rng.standard_normal(a.shape) * spread).astype(a.dtype)
     if np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_:
-        return rng.choice(np.unique(a), size=a.shape).astype(a.dtype)
+        held = np.unique(a)
+        if held.size <= 2:  # a mask or a flag: its pattern (e.g. right padding) is kept, row by row
+            return a.copy()
+        return rng.choice(held, size=a.shape).astype(a.dtype)
     return a.copy()
 
 

@@ -250,7 +250,9 @@ def test_example_feeds_keep_integer_values_and_vary_floats() -> None:
     assert sets[0][0] == "the example inputs"
     assert [feed["ids"].shape[0] for _, feed in sets] == [1, 1, 7]
     for _, feed in sets:
-        assert set(np.unique(feed["ids"])) <= {7, 9, 101, 102} and set(np.unique(feed["mask"])) <= {0, 1}
+        assert set(np.unique(feed["ids"])) <= {7, 9, 101, 102}
+        assert (feed["mask"] == mask).all()  # a mask keeps its padding pattern, row by row
+    assert not (sets[2][1]["ids"] == ids).all()  # ids are drawn anew
     zeros = _common.example_feed_sets(_model(SCALE), {"x": np.zeros((2, 4), np.float32)})
     assert zeros[0][1]["x"].std() == 0 and all(feed["x"].std() > 0 for _, feed in zeros[1:])
     assert 0.5 < zeros[2][1]["x"].std() < 2  # batch 7: standard normal noise, all-zero examples
