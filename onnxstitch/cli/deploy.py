@@ -21,11 +21,24 @@ class _Accelerator(StrEnum):
     tensorrt = "tensorrt"
 
 
+def _version(value: str) -> str:
+    if value != "next" and not (value.isdigit() and int(value) >= 1):
+        raise typer.BadParameter(f"{value!r} is neither a positive integer nor 'next'")
+    return value
+
+
 def triton(
     model: Annotated[Path, typer.Argument(help="the .onnx model to deploy", exists=True, dir_okay=False)],
     repository: Annotated[Path, typer.Option("--repository", "-r", help="the model repository root")],
     name: Annotated[str, typer.Option(help="the model name: [A-Za-z0-9_.-]")],
-    version: Annotated[int, typer.Option(min=1, help="the version folder")] = 1,
+    version: Annotated[
+        str,
+        typer.Option(
+            help="the version folder: a positive integer, or 'next' (one past the newest; prints the "
+            "diff against it)",
+            callback=_version,
+        ),
+    ] = "1",
     max_batch_size: Annotated[
         int | None, typer.Option(min=0, help="largest batch Triton forms (default 64 if batchable, 0 off)")
     ] = None,
@@ -47,7 +60,7 @@ def triton(
         model,
         repository,
         name=name,
-        version=version,
+        version="next" if version == "next" else int(version),
         max_batch_size=max_batch_size,
         instances=instances,
         device=device.value,
@@ -55,6 +68,11 @@ def triton(
         dry_run=dry_run,
         force=force,
     )
+    changes = None
+    if result.previous is not None:
+        from onnxstitch.files.diff import diff
+
+        changes = diff(result.previous, model)
     if json_output:
         print_json(
             {
@@ -65,6 +83,8 @@ def triton(
                 "files": [str(p) for p in result.files],
                 "dry_run": result.dry_run,
                 "config": result.config_text,
+                "previous": str(result.previous) if result.previous else None,
+                "diff": changes.to_dict() if changes else None,
             }
         )
         return
@@ -75,6 +95,10 @@ def triton(
     if result.batching_off:
         console.print(f"dynamic batching off: {result.batching_off}", markup=False)
     console.print(f"\n[bold]config.pbtxt[/]\n{result.config_text}", markup=True)
+    if changes is not None and result.previous is not None:
+        console.print(f"[bold]changes against version {result.previous.parent.name}[/]")
+        for line in changes.lines():
+            console.print(f"  {line}", markup=False)
 
 
 def kserve(

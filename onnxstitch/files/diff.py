@@ -257,7 +257,7 @@ def _parts(model: onnx.ModelProto) -> dict[str, _Part]:
         for name in node.input:
             if name in inits:
                 t = inits[name]
-                feeds.append(f"init:{_dtype_name(t.data_type)}{list(t.dims)}")
+                feeds.append(f"init:{_dtype_name(t.data_type)}")  # a new shape is a weight change
             else:
                 feeds.append(
                     producers.get(name, "input" if name in graph_inputs else ("" if not name else "?"))

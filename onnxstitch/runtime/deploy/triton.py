@@ -33,6 +33,7 @@ __all__ = [
     "TensorSpec",
     "TritonDeployment",
     "deploy_triton",
+    "latest_version",
     "model_signature",
     "triton_config",
     "validate_model_name",
@@ -82,6 +83,8 @@ class TritonDeployment:
     max_batch_size: int
     files: list[Path] = field(default_factory=list)
     dry_run: bool = False
+    previous: Path | None = None
+    """The model file of the newest version that was there before (``version="next"``), else None."""
     batching_off: str = ""  # why the model's signature keeps dynamic batching off ("" when it allows it)
 
     @property
@@ -277,12 +280,37 @@ def _check_shared_config(result: TritonDeployment, *, force: bool) -> None:
     )
 
 
+def latest_version(repository: str | os.PathLike[str], name: str) -> int | None:
+    """The highest numeric version folder of model ``name`` in ``repository`` that holds a
+    ``model.onnx``, or None when there is none."""
+    model_dir = Path(repository) / validate_model_name(name)
+    if not model_dir.is_dir():
+        return None
+    versions = [
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / "model.onnx").is_file()
+    ]
+    return max(versions, default=None)
+
+
+def _resolve_version(version: int | str, root: Path, name: str) -> tuple[int, Path | None]:
+    if version == "next":
+        latest = latest_version(root, name)
+        if latest is None:
+            return 1, None
+        return latest + 1, root / name / str(latest) / "model.onnx"
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise DeployError(f"version must be a positive integer or 'next', got {version!r}")
+    return version, None
+
+
 def deploy_triton(
     model: ModelLike,
     repository: str | os.PathLike[str],
     *,
     name: str,
-    version: int = 1,
+    version: int | str = 1,
     max_batch_size: int | None = None,
     instances: int = 1,
     device: str = "cpu",
@@ -299,7 +327,9 @@ def deploy_triton(
         model: the (merged) model, ``ModelProto`` or path.
         repository: the repository root (created if missing).
         name: the model name (folder name, URL path element): ``[A-Za-z0-9_.-]``.
-        version: the version folder, a positive integer.
+        version: the version folder, a positive integer, or ``"next"``: one past the newest version
+            already there (1 in an empty repository), written beside the old ones, which stay
+            loadable; the result's ``previous`` names the newest old model (``ox.diff`` it).
         max_batch_size: see :func:`triton_config`.
         instances: model instances per device.
         device: "cpu" or "gpu".
@@ -315,8 +345,8 @@ def deploy_triton(
         DeployError: bad name/version/options, an existing version or a different existing
             config without ``force``, or a model signature Triton cannot serve.
     """
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise DeployError(f"version must be a positive integer, got {version!r}")
+    root = Path(repository)
+    version, previous = _resolve_version(version, root, name)
     proto = as_model(model)
     text, mbs = triton_config(
         proto,
@@ -326,11 +356,12 @@ def deploy_triton(
         device=device,
         accelerator=accelerator,
     )
-    root = Path(repository)
     inputs, outputs = model_signature(proto)
     verdict = batching([(s.name, s.shape) for s in inputs], [(s.name, s.shape) for s in outputs])
     off = "" if verdict else verdict.reason
-    result = TritonDeployment(root, name, version, text, mbs, dry_run=dry_run, batching_off=off)
+    result = TritonDeployment(
+        root, name, version, text, mbs, dry_run=dry_run, batching_off=off, previous=previous
+    )
     version_dir = result.model_dir / str(version)
     if version_dir.exists() and not force:
         raise DeployError(

@@ -1,0 +1,64 @@
+"""The Triton version flow under ``onnxstitch serve``: after ``deploy triton --version next`` the
+server answers with the new version, and the old version stays in the repository, loadable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+import tritonclient.http as thttp
+from onnx import numpy_helper
+from typer.testing import CliRunner
+
+import onnxstitch as ox
+from onnxstitch.cli import app
+
+from ._server import running
+
+
+def _part(text: str, seed: int, shape: tuple[int, int]) -> onnx.ModelProto:
+    model = onnx.parser.parse_model('<ir_version: 10, opset_import: ["" : 18]>' + text)
+    w = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(w, "w"))
+    return model
+
+
+def _head(seed: int) -> onnx.ModelProto:
+    return _part("h (float[batch, 3] x) => (float[batch, 2] logits) { logits = MatMul(x, w) }", seed, (3, 2))
+
+
+@pytest.mark.slow
+def test_serve_answers_with_the_next_version_and_the_old_one_stays_loadable(tmp_path: Path) -> None:
+    backbone = _part(
+        "b (float[batch, 4] image) => (float[batch, 3] f) { h = MatMul(image, w) \n f = Relu(h) }", 0, (4, 3)
+    )
+    hybrid = ox.chain({"backbone": backbone, "head": _head(1)})
+    m1 = ox.save(hybrid, tmp_path / "m.onnx")
+    head = ox.save(_head(2), tmp_path / "head_v2.onnx")
+    m2 = tmp_path / "m2.onnx"
+    repo = tmp_path / "models"
+    runner = CliRunner()
+    deploy = ["deploy", "triton", "--repository", str(repo), "--name", "hybrid", "--version", "next"]
+    assert runner.invoke(app, [deploy[0], deploy[1], str(m1), *deploy[2:]]).exit_code == 0
+    replaced = runner.invoke(app, ["replace", str(m1), f"head={head}", "-o", str(m2)])
+    assert replaced.exit_code == 0, replaced.output
+    rolled = runner.invoke(app, [deploy[0], deploy[1], str(m2), *deploy[2:]])
+    assert rolled.exit_code == 0, rolled.output
+    assert "changes against version 1" in rolled.output and "part head: weights" in rolled.output
+
+    image = np.random.default_rng(7).standard_normal((3, 4)).astype(np.float32)
+    want_new = ox.Session(m2).run({"image": image})["logits"]
+    want_old = ox.Session(m1).run({"image": image})["logits"]
+    assert not np.allclose(want_new, want_old)
+    with running(repo, tmp_path / "serve.log") as server:
+        client = thttp.InferenceServerClient(server.url)
+        tensor = thttp.InferInput("image", list(image.shape), "FP32")
+        tensor.set_data_from_numpy(image)
+        result = client.infer("hybrid", [tensor])
+        assert result.get_response()["model_version"] == "2"
+        np.testing.assert_allclose(result.as_numpy("logits"), want_new, rtol=1e-5, atol=1e-6)
+    old = ox.Session(repo / "hybrid" / "1" / "model.onnx").run({"image": image})["logits"]
+    np.testing.assert_allclose(old, want_old, rtol=1e-5, atol=1e-6)
