@@ -32,6 +32,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = [
@@ -130,6 +131,7 @@ def run_document(doc: Path) -> None:
     sys.path.insert(0, str(Path.cwd()))  # like an interactive session started in this folder
     namespace: dict[str, object] = {"__name__": "__main__"}
     background: list[subprocess.Popen[bytes]] = []
+    logs: list[IO[bytes]] = []
     try:
         for block in parse_blocks(doc.read_text(encoding="utf-8")):
             code = re.sub(r"\b(8000|8001)\b", lambda m: ports[m.group(1)], block.code)
@@ -141,8 +143,17 @@ def run_document(doc: Path) -> None:
             elif block.marker == "make-dry-run":
                 _make_dry_run(code)
             elif block.marker == "background":
+                # the server logs to a file of its own: on our stdout its lines could split the
+                # block headers and status lines that the parent test reads
+                log = Path(f"background-{len(background)}.log").open("wb")  # noqa: SIM115
+                logs.append(log)
                 background.append(
-                    subprocess.Popen(["bash", "-c", "exec " + code.strip()], start_new_session=True)
+                    subprocess.Popen(
+                        ["bash", "-c", "exec " + code.strip()],
+                        start_new_session=True,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
                 )
                 _wait_ready(int(re.search(r"--port (\d+)", code).group(1)), background[-1])  # type: ignore[union-attr]
             elif block.marker == "gpu" and not _has_cuda():
@@ -158,6 +169,9 @@ def run_document(doc: Path) -> None:
     finally:
         for proc in background:
             _stop(proc)
+        for log in logs:  # what the servers said, for a failing run's report
+            log.close()
+            sys.stderr.write(Path(log.name).read_text(encoding="utf-8", errors="replace")[-4000:])
 
 
 if __name__ == "__main__":
