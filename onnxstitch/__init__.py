@@ -19,6 +19,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "load": ("onnxstitch.files", "load"),
     "save": ("onnxstitch.files", "save"),
     "diff": ("onnxstitch.files.diff", "diff"),
+    "describe": ("onnxstitch.files.describe", "describe"),
     # converters
     "from_torch": ("onnxstitch.converters", "from_torch"),
     "from_keras": ("onnxstitch.converters", "from_keras"),
@@ -72,6 +73,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from onnxstitch.converters import from_torch as from_torch
     from onnxstitch.files import load as load
     from onnxstitch.files import save as save
+    from onnxstitch.files.describe import describe as describe
     from onnxstitch.files.diff import diff as diff
     from onnxstitch.runtime import Session as Session
     from onnxstitch.runtime import VerifyReport as VerifyReport

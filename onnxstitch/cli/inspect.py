@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -112,6 +113,17 @@ def inspect_command(
     verify: Annotated[
         bool, typer.Option("--verify", help="Refuse the model unless it matches its sha256 manifest.")
     ] = False,
+    graph: Annotated[
+        Path | None,
+        typer.Option(
+            "--graph",
+            dir_okay=False,
+            help="Draw the parts, seams and adapters to this .svg or .png file (needs matplotlib).",
+        ),
+    ] = None,
+    mermaid: Annotated[
+        bool, typer.Option("--mermaid", help="Print the part-level picture as a Mermaid block for Markdown.")
+    ] = False,
 ) -> None:
     """Show a model's inputs/outputs (dtypes, symbolic dims), IR and opsets, size, parameters,
     layouts, source framework and its breakdown by part."""
@@ -123,9 +135,20 @@ def inspect_command(
         from onnxstitch.files.describe import describe_file
 
         summary = describe_file(model, verify=verify)
+    if graph is not None:
+        from onnxstitch.files.draw import draw
+
+        draw(summary["graph"], graph, title=model.name)
+    if mermaid:
+        from onnxstitch.files.draw import mermaid as to_mermaid
+
+        sys.stdout.write("```mermaid\n" + to_mermaid(summary["graph"]) + "```\n")
+        return
     if json_out:
         print_json(summary)
         return
+    if graph is not None:
+        console.print(f"drew {graph}", markup=False)
     for line in render(summary):
         if isinstance(line, str):
             console.print(line, markup=False)

@@ -34,6 +34,10 @@ next to ``inspect``, and pinned by ``tests/files``):
     nodes without a part in ``"(unassigned)"``. Empty for a model that was not merged.
 ``metadata``
     the other ``metadata_props`` (not ``onnxstitch.*``).
+``graph``
+    the part-level picture: parts (framework, nodes, parameters, precision, opsets), seams (tensor,
+    dtype, shape, layout), adapters (automatic or the user's), merged inputs and outputs, and the
+    edges between them; see :mod:`onnxstitch.files.picture`. ``inspect --graph`` draws it.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from onnx import helper
 from onnxstitch import _meta
 from onnxstitch._batching import batching
 from onnxstitch._graphs import walk_graphs
+from onnxstitch.files.picture import part_graph
 
 __all__ = ["SHARED", "UNASSIGNED", "describe", "describe_file"]
 
@@ -146,13 +151,22 @@ def _sorted_counts(counter: Counter[str]) -> dict[str, int]:
     return dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def describe(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def describe(
+    model: onnx.ModelProto | str | os.PathLike[str], *, path: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
     """Summarize ``model`` (read only) as JSON-able data with the keys listed in the module doc.
 
     Args:
-        model: the model (never modified).
+        model: the model (never modified), or the path of an ``.onnx`` file (loaded safely, as
+            :func:`describe_file` does).
         path: the file it was loaded from, to report file sizes; ``None`` for an in-memory model.
+
+    Raises:
+        ModelFileError, UnsafeModelError, VersionError, ModelTooLargeError: ``model`` is a path that
+            cannot be loaded safely (as ``onnxstitch.load``).
     """
+    if not isinstance(model, onnx.ModelProto):
+        return describe_file(model)
     layouts = _meta.get_layouts(model)
     sizes: dict[str, tuple[int, int]] = {}
     for graph in walk_graphs(model.graph):
@@ -183,6 +197,7 @@ def describe(model: onnx.ModelProto, *, path: str | os.PathLike[str] | None = No
         "layouts": layouts,
         "parts": _parts(model, sizes),
         "metadata": {k: v for k, v in props.items() if not k.startswith(_meta.PREFIX)},
+        "graph": part_graph(model),
     }
 
 

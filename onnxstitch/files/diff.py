@@ -23,7 +23,6 @@ inputs and outputs, the IR version and the opsets are compared too.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping
@@ -38,8 +37,10 @@ from onnx import numpy_helper
 from onnxstitch import _meta
 from onnxstitch._graphs import walk_graphs
 from onnxstitch.errors import ModelFileError
-from onnxstitch.files.describe import _dtype_name, _node_inputs, _value_info
+from onnxstitch.files.describe import _dtype_name, _node_inputs
 from onnxstitch.files.external import ExternalRef, iter_ref, read_ref, uses_external_data
+from onnxstitch.files.picture import recorded_spec as _spec
+from onnxstitch.files.picture import typed_values as _typed
 
 __all__ = ["ModelDiff", "PartDiff", "WeightChange", "diff"]
 
@@ -268,23 +269,6 @@ def _parts(model: onnx.ModelProto) -> dict[str, _Part]:
                 part.weights[name] = inits[name]
     _signatures(model, spec, parts)
     return dict(parts)
-
-
-def _spec(model: onnx.ModelProto) -> dict[str, Any] | None:
-    raw = _meta.get_props(model).get(_meta.SPEC)
-    if not raw:
-        return None
-    try:
-        spec = json.loads(raw)
-    except ValueError:
-        return None
-    return spec if isinstance(spec, dict) else None
-
-
-def _typed(model: onnx.ModelProto) -> dict[str, dict[str, Any]]:
-    layouts = _meta.get_layouts(model)
-    vis = [*model.graph.input, *model.graph.output, *model.graph.value_info]
-    return {vi.name: _value_info(vi, layouts) for vi in vis}
 
 
 def _fmt(info: dict[str, Any] | None) -> str:
