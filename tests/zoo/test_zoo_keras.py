@@ -22,7 +22,6 @@ from zoo_helpers import (
     assert_order_one,
     check,
     dims,
-    failing_until_fixed,
     feeds_at,
     inserted_adapters,
     keras_batchnorm_statistics,
@@ -129,13 +128,6 @@ def test_efficientnetb0_with_preprocessing_into_torch_head() -> None:
     _run_case(keras.applications.EfficientNetB0, pooling="avg", make_feeds=_pixels)
 
 
-@failing_until_fixed(
-    5,
-    (
-        "from_keras default validation: ValidationError, avg_pool max abs err 3.84e-05, 1 of 1280 "
-        "elements out of rtol 1e-4/atol 1e-5 (float32 noise judged elementwise)"
-    ),
-)
 def test_efficientnetv2b0_with_preprocessing_into_torch_head() -> None:
     _run_case(keras.applications.EfficientNetV2B0, pooling="avg", make_feeds=_pixels)
 
@@ -149,25 +141,11 @@ def test_convnexttiny_into_torch_conv_head() -> None:
     _run_case(keras.applications.ConvNeXtTiny, pooling=None, make_feeds=_pixels)
 
 
-@failing_until_fixed(
-    5,
-    (
-        "from_keras default validation: ValidationError, conv5_block3_out max abs err 7.57e-04, "
-        "12381 of 57344 elements out of rtol 1e-4/atol 1e-5 (float32 noise judged elementwise)"
-    ),
-)
 @pytest.mark.heavy
 def test_resnet50_into_torch_conv_head() -> None:
     _run_case(keras.applications.ResNet50, pooling=None, make_feeds=_standardized)
 
 
-@failing_until_fixed(
-    5,
-    (
-        "from_keras default validation: ValidationError, relu max abs err 4.39e-05, 42 of 28672 "
-        "elements out of rtol 1e-4/atol 1e-5 (float32 noise judged elementwise)"
-    ),
-)
 @pytest.mark.heavy
 def test_densenet121_into_torch_conv_head() -> None:
     _run_case(keras.applications.DenseNet121, pooling=None, make_feeds=_standardized)

@@ -13,7 +13,6 @@ from zoo_helpers import (
     assert_order_one,
     check,
     dims,
-    failing_until_fixed,
     feeds_at,
     inserted_adapters,
     keras_call,
@@ -113,13 +112,6 @@ def test_resnet18_logits_convert_with_default_validation(resnet18: ResNet18) -> 
     report.raise_for_mismatch()
 
 
-@failing_until_fixed(
-    5,
-    (
-        "from_torch default validation: ValidationError, features max abs err 2.91e-05, 18 of 14336"
-        " elements out of rtol 1e-4/atol 1e-5 (float32 noise judged elementwise)"
-    ),
-)
 def test_resnet18_trunk_into_keras_head(resnet18: ResNet18) -> None:
     trunk = Trunk(resnet18).eval()
     example = torch.from_numpy(_images(np.random.default_rng(3), 2)["image"])

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import pytest
 
 import onnxstitch as ox
 from onnxstitch import _meta
@@ -24,15 +23,6 @@ from onnxstitch import _meta
 HEAVY_ENV = "ONNXSTITCH_ZOO_HEAVY"
 
 Feeds = dict[str, np.ndarray]
-
-# Cases that fail until the issue-11 fix they wait for lands: expected failures with the exact
-# failure seen. Strict where the fix is not under way, so a case that starts passing is noticed.
-STRICT_XFAIL = False
-
-
-def failing_until_fixed(item: int, failure: str) -> pytest.MarkDecorator:
-    """Mark a case as failing today with ``failure`` until issue 11's item ``item`` is fixed."""
-    return pytest.mark.xfail(strict=STRICT_XFAIL, reason=f"{failure} (issue 11 item {item})")
 
 
 def feeds_at(make: Callable[[np.random.Generator, int], Feeds], batches: Sequence[int]) -> list[Feeds]:
