@@ -50,6 +50,8 @@ def render_report(result: DemoResult) -> str:
     )
     files = "\n".join(f"- {name}: `{path}`" for name, path in result.files.items())
     seam = "×".join(map(str, result.feature_shape))
+    drawn = result.files.get("picture")
+    picture = f"\n![the merged model's parts, seams and adapters]({drawn.name})\n" if drawn else ""
     return f"""# onnxstitch demo: {first} + {second} ({result.flavour})
 
 Two models trained separately, each in its own framework, shipped as **one** ONNX model.
@@ -94,7 +96,7 @@ from a demo run on whatever else the machine was doing: `docs/benchmarks.md` has
 measurements.
 
 ## The merged model, part by part
-
+{picture}
 ```text
 {result.summary}
 ```

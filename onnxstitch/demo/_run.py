@@ -356,6 +356,14 @@ def _part_summary(merged: Any, frameworks: dict[str, str]) -> tuple[str, list[st
     return "\n".join(lines), adapters
 
 
+def _write_picture(merged: Any, path: Path) -> Path:
+    """The merged model's parts, seams and adapters, drawn (what ``inspect --graph`` draws)."""
+    from onnxstitch.files.draw import draw
+    from onnxstitch.files.picture import part_graph
+
+    return draw(part_graph(merged), path, title="hybrid.onnx: parts, seams and adapters")
+
+
 def _write(result: DemoResult, merged: Any, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result.files["model"] = ox.save(merged, out / "hybrid.onnx")
@@ -363,6 +371,7 @@ def _write(result: DemoResult, merged: Any, out: Path) -> None:
     result.files["triton"] = deployment.model_dir
     result.files["triton_config"] = deployment.config_path
     result.files["plot"] = write_plot(result, out / "demo.png")
+    result.files["picture"] = _write_picture(merged, out / "parts.svg")
     result.files["report"] = out / "report.md"
     result.files["report"].write_text(render_report(result), encoding="utf-8")
 

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,7 @@ def test_files_written(keras_torch) -> None:  # type: ignore[no-untyped-def]
         "triton": out / "triton" / "hybrid",
         "triton_config": out / "triton" / "hybrid" / "config.pbtxt",
         "plot": out / "demo.png",
+        "picture": out / "parts.svg",
         "report": out / "report.md",
     }
     assert (out / "triton" / "hybrid" / "1" / "model.onnx").is_file()
@@ -119,6 +121,22 @@ def test_report(keras_torch) -> None:  # type: ignore[no-untyped-def]
         assert any(line.startswith(part) for line in text.splitlines())
     assert result.verify_table in text and "✓" in result.verify_table
     assert str(out / "hybrid.onnx") in text
+    assert "![the merged model's parts, seams and adapters](parts.svg)" in text
+
+
+def test_picture_of_the_demo_hybrid(keras_torch) -> None:  # type: ignore[no-untyped-def]
+    _, _, out = keras_torch
+    graph = ox.describe(out / "hybrid.onnx")["graph"]
+    assert [(p["part"], p["source"]) for p in graph["parts"]] == [("backbone", "keras"), ("head", "torch")]
+    assert [(s["from"].split(":")[0], s["to"].split(":")[0]) for s in graph["seams"]] == [
+        ("backbone", "head")
+    ]
+    assert graph["adapters"] == []  # a feature vector crosses the seam: nothing to adapt
+    assert [i["name"] for i in graph["inputs"]] == ["image"] and [o["name"] for o in graph["outputs"]] == [
+        "logits"
+    ]
+    root = ET.parse(out / "parts.svg").getroot()
+    assert root.tag.endswith("svg")
 
 
 def test_progress_events(keras_torch) -> None:  # type: ignore[no-untyped-def]
@@ -249,6 +267,12 @@ def test_cli_torch_keras_artefacts(cli_torch_keras, digits) -> None:  # type: ig
     accuracy = float((logits.argmax(1) == digits.y_test).mean())
     assert f"| merged ONNX model (`hybrid.onnx`, onnxruntime) | {100 * accuracy:.2f} % |" in report
     assert (out / "demo.png").read_bytes()[:8] == PNG_MAGIC
+    graph = ox.describe(out / "hybrid.onnx")["graph"]
+    assert [(p["part"], p["source"]) for p in graph["parts"]] == [("trunk", "torch"), ("head", "keras")]
+    [automatic] = graph["adapters"]
+    assert automatic["kind"] == "automatic" and automatic["ops"] == ["Transpose"]
+    assert graph["seams"][0]["via"] == automatic["id"] and "→" in (graph["seams"][0]["layout"] or "")
+    assert ET.parse(out / "parts.svg").getroot().tag.endswith("svg")
 
 
 def test_cli_refuses_unknown_flavour() -> None:
