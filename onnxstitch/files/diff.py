@@ -183,23 +183,38 @@ def _hash(side: _Side, tensor: onnx.TensorProto) -> str:
     return digest.hexdigest()
 
 
-def _array(side: _Side, tensor: onnx.TensorProto) -> np.ndarray:
+_ELEMENTS = 1 << 20  # elements compared at a time: memory stays bounded whatever the tensor's size
+
+
+def _pieces(side: _Side, tensor: onnx.TensorProto) -> Iterator[np.ndarray]:
+    """The tensor's values, flat, in pieces of ``_ELEMENTS``: external data is read piece by piece
+    through the hardened reader; an inline tensor is already in memory."""
     ref = side.refs.get(tensor.name)
     if ref is None:
-        return numpy_helper.to_array(tensor)
-    copy = onnx.TensorProto()
-    copy.CopyFrom(tensor)
-    del copy.external_data[:]
-    copy.data_location = onnx.TensorProto.DEFAULT
-    copy.raw_data = read_ref(ref)
-    return numpy_helper.to_array(copy)
+        flat = numpy_helper.to_array(tensor).reshape(-1)
+        for start in range(0, flat.size, _ELEMENTS):
+            yield flat[start : start + _ELEMENTS]
+        return
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    step = _ELEMENTS * dtype.itemsize
+    for start in range(0, ref.length, step):
+        yield np.frombuffer(read_ref(ref, start, min(step, ref.length - start)), dtype=dtype)
 
 
-def _relative_change(old: np.ndarray, new: np.ndarray) -> float:
-    a = old.astype(np.float64, copy=False)
-    b = new.astype(np.float64, copy=False)
-    scale = float(np.max(np.abs(a))) if a.size else 0.0
-    delta = float(np.max(np.abs(b - a))) if a.size else 0.0
+def _relative_change(old: _Side, ta: onnx.TensorProto, new: _Side, tb: onnx.TensorProto) -> float | None:
+    """``max|new - old| / max|old|`` of two same-shaped numeric tensors, piece by piece; None when
+    the values are not numbers (strings) or not stored as plain bytes."""
+    if ta.data_type == onnx.TensorProto.STRING:
+        return None
+    scale = delta = 0.0
+    try:
+        for a, b in zip(_pieces(old, ta), _pieces(new, tb), strict=True):
+            a64, b64 = a.astype(np.float64), b.astype(np.float64)
+            if a64.size:
+                scale = max(scale, float(np.max(np.abs(a64))))
+                delta = max(delta, float(np.max(np.abs(b64 - a64))))
+    except (TypeError, ValueError):  # packed sub-byte types and other layouts numpy cannot read
+        return None
     return delta / scale if scale > 0 else (float("inf") if delta > 0 else 0.0)
 
 
@@ -332,12 +347,7 @@ def _compare_weights(old: _Side, new: _Side, a: _Part, b: _Part) -> list[WeightC
         elif list(ta.dims) != list(tb.dims):
             changes.append(WeightChange(name, "shape", old=str(list(ta.dims)), new=str(list(tb.dims))))
         elif _hash(old, ta) != _hash(new, tb):
-            rel: float | None
-            try:
-                rel = _relative_change(_array(old, ta), _array(new, tb))
-            except (TypeError, ValueError):  # strings and other non-numeric tensors
-                rel = None
-            changes.append(WeightChange(name, "values", relative_change=rel))
+            changes.append(WeightChange(name, "values", relative_change=_relative_change(old, ta, new, tb)))
     return changes
 
 
