@@ -1,5 +1,6 @@
 """Hugging Face BERT, GPT-2 and ViT from tiny configs (random init, no downloads), converted with
-default validation, merged with a Keras head, and checked against the native torch → Keras chain.
+default validation, merged with a Keras head (ViT also behind a Keras preprocessing model), and
+checked against the native chain.
 
 Dynamic batch for all three and dynamic sequence for the text models: the merged model is run at
 two batch sizes and two sequence lengths. Text feeds are what a tokenizer gives: token ids within
@@ -12,9 +13,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from zoo_helpers import assert_order_one, check, dims, keras_call, torch_call
+from zoo_helpers import assert_order_one, check, dims, inserted_adapters, keras_call, torch_call
 
 import onnxstitch as ox
+from onnxstitch.errors import SeamError
 
 torch = pytest.importorskip("torch")
 keras = pytest.importorskip("keras")
@@ -112,22 +114,36 @@ def test_gpt2_into_keras_lm_head() -> None:
     _text_case(encoder, _keras_token_head())
 
 
-def test_vit_into_keras_head() -> None:
+def _keras_preprocessing() -> Any:
+    """Pixels 0..255 (NHWC) -> normalized pixels, as a Keras input pipeline does it."""
+    image = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255.0)(image)
+    out = keras.layers.Normalization(mean=[0.5, 0.5, 0.5], variance=[0.25, 0.25, 0.25], name="pixels")(x)
+    return keras.Model(image, out)
+
+
+def test_vit_between_keras_preprocessing_and_keras_head() -> None:
     torch.manual_seed(0)
     config = transformers.ViTConfig(image_size=32, patch_size=8, num_channels=3, **TINY)
     encoder = VisionEncoder(transformers.ViTModel(config, add_pooling_layer=False)).eval()
     example = torch.randn(2, 3, 32, 32)
     converted = ox.from_torch(encoder, (example,), output_names=["hidden"])  # default validation on
     keras.utils.set_random_seed(0)
-    head = _keras_pool_head(17, "scores")  # 16 patches + the class token
-    merged = ox.chain({"vit": converted, "head": ox.from_keras(head)})
-    assert dims(merged.graph.input[0]) == ["batch", 3, 32, 32]
+    pre, head = _keras_preprocessing(), _keras_pool_head(17, "scores")  # 16 patches + the class token
+    parts = {"pre": ox.from_keras(pre), "vit": converted, "head": ox.from_keras(head)}
+    # a Normalization is no evidence of a layout: the NHWC -> NCHW seam is ambiguous until declared
+    with pytest.raises(SeamError, match=r"layouts=\{'pre:pixels': 'NHWC'\}"):
+        ox.chain(parts)
+    merged = ox.chain(parts, layouts={"pre:pixels": "NHWC"})
+    assert inserted_adapters(merged) == [("Transpose", [0, 3, 1, 2])]
+    assert dims(merged.graph.input[0]) == ["batch", 32, 32, 3]
     assert dims(merged.graph.output[0]) == ["batch", 3]
 
-    def reference(pixel_values: np.ndarray) -> np.ndarray:
-        return keras_call(head, torch_call(encoder, pixel_values))
+    def reference(image: np.ndarray) -> np.ndarray:
+        pixels = keras_call(pre, image).transpose(0, 3, 1, 2)  # the user's own permute
+        return keras_call(head, torch_call(encoder, pixels))
 
     rng = np.random.default_rng(12)
-    feeds = [{"pixel_values": rng.standard_normal((b, 3, 32, 32)).astype(np.float32)} for b in (1, 6)]
-    assert_order_one("vit", torch_call(encoder, feeds[1]["pixel_values"]))
+    feeds = [{"image": rng.uniform(0, 255, (b, 32, 32, 3)).astype(np.float32)} for b in (1, 6)]
+    assert_order_one("vit", torch_call(encoder, keras_call(pre, feeds[1]["image"]).transpose(0, 3, 1, 2)))
     check(merged, reference, feeds)
