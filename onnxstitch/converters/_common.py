@@ -496,10 +496,17 @@ def validate(
 
     if feeds is None:
         sizes = tuple(batch_sizes) if batch_sizes is not None else batch_sizes_for(model)
-        feeds = [
-            (f"seeded random inputs (seed {i}), batch {b}", random_feeds(model, b, seed=i))
-            for i, b in enumerate(sizes)
-        ]
+        try:
+            feeds = [
+                (f"seeded random inputs (seed {i}), batch {b}", random_feeds(model, b, seed=i))
+                for i, b in enumerate(sizes)
+            ]
+        except InputError as exc:  # e.g. a string input: no random data stands for real words
+            raise ConversionError(
+                f"{what}: validation needs inputs of its own: {exc.args[0].splitlines()[0]}",
+                hint="give real inputs to validate on, e.g. validation_inputs={'words': "
+                "np.array([['cat', 'dog']], dtype=object)}",
+            ) from exc
     logger.info(
         "validating %s on %d feed set(s) (%s, rtol=%g, atol=%g)", what, len(feeds), metric, rtol, atol
     )

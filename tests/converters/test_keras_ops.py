@@ -153,10 +153,13 @@ def test_grouped_conv2d_converts_with_parity() -> None:
 def test_string_lookup_becomes_category_mapper() -> None:
     x = keras.Input((3,), dtype="string", name="words")
     model = keras.Model(x, keras.layers.StringLookup(vocabulary=["cat", "dog", "fish"])(x), name="vocab")
-    # string inputs cannot be drawn at random: parity is checked here on real words instead
-    converted = from_keras(model, validate=False)
-    assert "CategoryMapper" in {n.op_type for n in converted.graph.node}
+    # string inputs cannot be drawn at random: the error says to give real words, and they validate
+    with pytest.raises(ConversionError, match="'words'") as info:
+        from_keras(model)
+    assert "validation_inputs=" in (info.value.hint or "")
     words = np.array([["dog", "cat", "emu"], ["fish", "fish", "dog"]], dtype=object)
+    converted = from_keras(model, validation_inputs={"words": words})
+    assert "CategoryMapper" in {n.op_type for n in converted.graph.node}
     got = run_onnx(converted, {"words": words})[0]
     np.testing.assert_array_equal(got, np.asarray(model(words)))
     assert got.tolist() == [[2, 1, 0], [3, 3, 2]]
