@@ -39,7 +39,7 @@ def _boxes(graph: dict[str, Any]) -> dict[str, tuple[str, str]]:
         opsets = ", ".join(f"{d} {v}" for d, v in part["opsets"].items())
         lines = [
             part["part"],
-            f"{part['source'] or 'onnx'} · {part['nodes']} nodes",
+            f"{part['source'] or 'onnx'} · {part['nodes']} node{'' if part['nodes'] == 1 else 's'}",
             f"{part['parameters']:,} params" + (f" · {part['precision']}" if part["precision"] else ""),
         ]
         boxes[part["id"]] = ("part", "\n".join(lines + ([f"opset {opsets}"] if opsets else [])))
