@@ -23,7 +23,8 @@ from onnx import helper, numpy_helper
 torch = pytest.importorskip("torch")  # a failure in CI: see tests/conftest.py
 keras = pytest.importorskip("keras")
 
-from torch_models import ResNet18, trained_like  # noqa: E402
+from torch_models import trained_like  # noqa: E402
+from torch_resnet import ResNet18  # noqa: E402
 
 import onnxstitch as ox  # noqa: E402
 from onnxstitch.converters import _common  # noqa: E402

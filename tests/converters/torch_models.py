@@ -142,43 +142,6 @@ class HalvingLoop(nn.Module):
         return x
 
 
-class _Basic(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU()
-        self.down: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + self.down(x))
-
-
-class ResNet18(nn.Module):
-    """torchvision's ResNet-18 layout (BasicBlocks 2-2-2-2, 64..512 channels), built here."""
-
-    def __init__(self, classes: int = 1000) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
-        )
-        blocks: list[nn.Module] = []
-        cin = 64
-        for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
-            blocks += [_Basic(cin, cout, stride), _Basic(cout, cout, 1)]
-            cin = cout
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(512, classes)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.blocks(self.stem(image)).mean(dim=(2, 3)))
-
-
 def trained_like(module: nn.Module, example: torch.Tensor, seed: int = 0) -> nn.Module:
     """Give every BatchNorm the statistics and affine terms of a trained network, in eval mode.
 
