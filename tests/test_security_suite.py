@@ -402,3 +402,24 @@ def test_control_the_same_builders_load_when_benign(env: Env) -> None:
     model = files.load(target)
     assert model.graph.initializer[0].raw_data == _model().graph.initializer[0].raw_data
     assert SECRET not in model.SerializeToString()
+
+
+# cases whose check needs the whole model in Python (onnx.checker runs in load only): onnxruntime
+# refuses the file itself and Session says so
+_SESSION_MESSAGE = {"invalid-graph": "onnxruntime cannot load the model"}
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.action == "load" and not c.verify], ids=lambda c: c.id
+)
+def test_session_refuses_what_load_refuses(case: Case, env: Env) -> None:
+    """``ox.Session(path)`` hands a path to onnxruntime after cheap checks only (issue 13, item 7): a
+    bad file still gets the same typed error before onnxruntime reads anything outside the folder."""
+    from onnxstitch.runtime import Session
+
+    target = case.build(env)
+    before = _snapshot(env.root)
+    with pytest.raises(case.error, match=_SESSION_MESSAGE.get(case.id, case.match)) as info:
+        Session(target, device="cpu")
+    assert _snapshot(env.root) == before and not env.marker.exists()
+    assert "TOP-SECRET" not in str(info.value)

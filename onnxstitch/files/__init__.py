@@ -18,16 +18,30 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from onnxstitch.errors import ModelFileError
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["ModelLike", "as_model", "check_file", "load", "save"]
 
 logger = logging.getLogger(__name__)
 
-ModelLike = onnx.ModelProto | str | os.PathLike[str]
+if TYPE_CHECKING:
+    ModelLike: TypeAlias = onnx.ModelProto | str | os.PathLike[str]
+
+
+def __getattr__(name: str) -> Any:
+    # ``onnx`` is imported on first use, not with this package: ``ox.Session(path)`` never needs it
+    if name == "ModelLike":
+        import onnx
+
+        alias = onnx.ModelProto | str | os.PathLike[str]
+        globals()[name] = alias
+        return alias
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _as_path(path: object, *, what: str) -> Path:
@@ -135,6 +149,8 @@ def save(
         ModelTooLargeError: the model does not fit protobuf's 2 GB limit (``external_data=False``,
             or big tensors inside nodes rather than initializers).
     """
+    import onnx
+
     from onnxstitch.files import manifest as _manifest
     from onnxstitch.files._write import remove_quietly, save_model
 
@@ -155,6 +171,8 @@ def as_model(model: ModelLike) -> onnx.ModelProto:
     Raises:
         ModelFileError: ``model`` is neither a ModelProto nor a path, or as :func:`load`.
     """
+    import onnx
+
     if isinstance(model, onnx.ModelProto):
         return model
     return load(_as_path(model, what="model"))

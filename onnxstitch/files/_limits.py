@@ -27,6 +27,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from onnxstitch.errors import VersionError
+from onnxstitch.files._precheck import PROTOBUF_LIMIT
 
 __all__ = [
     "PROTOBUF_LIMIT",
@@ -36,9 +37,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: protobuf cannot serialize or parse one message of 2 GiB or more.
-PROTOBUF_LIMIT = 2**31 - 1
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 

@@ -4,49 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import stat
 from pathlib import Path
 from typing import Any
 
 import onnx
 from google.protobuf.descriptor import FieldDescriptor
 
-from onnxstitch.errors import IntegrityError, ModelFileError, ModelTooLargeError
+from onnxstitch.errors import IntegrityError, ModelFileError
 from onnxstitch.files import manifest as _manifest
-from onnxstitch.files._limits import PROTOBUF_LIMIT, check_versions
+from onnxstitch.files._limits import check_versions
+from onnxstitch.files._precheck import PROTOBUF_LIMIT, stat_model
 from onnxstitch.files.external import ExternalRef, check_external_data, load_external_data
 from onnxstitch.files.sniff import HEAD_BYTES, describe_bytes, describe_text, looks_like_text
 
 __all__ = ["external_refs", "load_header", "load_model"]
 
 logger = logging.getLogger(__name__)
-
-
-def _stat_model(path: Path) -> os.stat_result:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ModelFileError(f"model file {str(path)!r} does not exist") from None
-    except OSError as exc:
-        raise ModelFileError(f"cannot read model file {str(path)!r}: {exc}") from exc
-    if stat.S_ISDIR(st.st_mode):
-        raise ModelFileError(
-            f"{str(path)!r} is a folder, not an ONNX model file",
-            hint="name the .onnx file inside it (a Keras SavedModel folder converts with from_keras)",
-        )
-    if not stat.S_ISREG(st.st_mode):
-        raise ModelFileError(f"{str(path)!r} is not a regular file (device, fifo or socket)")
-    if st.st_size >= PROTOBUF_LIMIT:
-        raise ModelTooLargeError(
-            f"{path.name} is {st.st_size / 1e9:.2f} GB, past protobuf's 2 GB limit for one ONNX file",
-            hint=(
-                "an ONNX model this big must keep its weights in external data: save it with "
-                "onnxstitch.save(model, path, external_data=True) "
-                "(or onnx.save(..., save_as_external_data=True))"
-            ),
-        )
-    return st
 
 
 def _read(path: Path) -> bytes:
@@ -145,7 +118,7 @@ def _verify_model_bytes(manifest: dict[str, str], path: Path, data: bytes) -> No
 
 def _read_header(path: Path, *, verify: bool) -> tuple[onnx.ModelProto, dict[str, str] | None]:
     """Everything up to (not including) external data: stat, verify, sniff, parse, versions."""
-    _stat_model(path)
+    stat_model(path)
     name = path.name
     manifest = _manifest.read_manifest(path) if verify else None
     data = _read(path)

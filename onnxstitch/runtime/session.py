@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 
 from onnxstitch.errors import (
     DeviceError,
@@ -22,6 +22,9 @@ from onnxstitch.errors import (
     StitchError,
 )
 from onnxstitch.runtime._feeds import TensorInfo, check_feeds, is_torch_tensor, ort_type_to_numpy, to_numpy
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["DEVICES", "Session", "TensorInfo", "available_providers", "resolve_providers"]
 
@@ -202,18 +205,25 @@ class Session:
             if p == _CUDA and cuda_options:
                 entry.update({str(k): str(v) for k, v in cuda_options.items()})
             provider_options.append(entry)
-        source = self._source(model_or_path)
+        source, checked = self._source(model_or_path)
         started = time.perf_counter()
         try:
             self._sess = ort.InferenceSession(
                 source, sess_options=options, providers=providers, provider_options=provider_options
             )
+            self.creation_seconds = time.perf_counter() - started
+            self.inputs = [self._info(a) for a in self._sess.get_inputs()]
+            self.outputs = [self._info(a) for a in self._sess.get_outputs()]
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            if not checked and isinstance(source, str):
+                # only the cheap checks ran: the full one raises the error that names the fault
+                from onnxstitch.files import check_file
+
+                check_file(source)
             raise ModelFileError(
                 f"onnxruntime cannot load the model ({self._label}): {exc}",
                 hint="check it with `onnxstitch inspect` and onnx.checker.check_model(full_check=True)",
             ) from exc
-        self.creation_seconds = time.perf_counter() - started
         self.providers: list[str] = list(self._sess.get_providers())
         if providers[0] != _CPU and providers[0] not in self.providers:
             if device == "auto":
@@ -226,15 +236,21 @@ class Session:
                 )
         self.on_cuda = self.providers[0] in (_CUDA, _TRT)
         self.device_id = device_id
-        self.inputs = [self._info(a) for a in self._sess.get_inputs()]
-        self.outputs = [self._info(a) for a in self._sess.get_outputs()]
         self._active: set[Any] = set()
         self._lock = threading.Lock()
         logger.debug("session on %s created in %.3f s", self.providers, self.creation_seconds)
 
-    def _source(self, model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> str | bytes:
-        """A path for onnxruntime (big models, external data) or the serialised model."""
-        if isinstance(model_or_path, onnx.ModelProto):
+    def _source(self, model_or_path: onnx.ModelProto | str | os.PathLike[str]) -> tuple[str | bytes, bool]:
+        """A path for onnxruntime (big models, external data) or the serialised model.
+
+        A path is checked before onnxruntime opens it. Without ``fp16``, only what onnxruntime
+        cannot be trusted with is checked here: a file that may name external data gets the full
+        :func:`~onnxstitch.files.check_file` (containment), any other only the cheap checks of
+        :mod:`onnxstitch.files._precheck`, so ``onnx`` is never imported for it. The second element
+        says whether the full check ran (if not, it runs when onnxruntime refuses the file).
+        """
+        onnx_module = sys.modules.get("onnx")  # not imported: the argument cannot be a ModelProto
+        if onnx_module is not None and isinstance(model_or_path, onnx_module.ModelProto):
             self._label = f"graph {model_or_path.graph.name!r}"
             if model_or_path.ByteSize() >= _PROTOBUF_LIMIT:
                 raise ModelTooLargeError(
@@ -243,20 +259,23 @@ class Session:
                 )
             model = _fp16_model(model_or_path) if self.fp16 else model_or_path
             data: bytes = model.SerializeToString()
-            return data
+            return data, True
         path = Path(model_or_path)
         self._label = str(path)
         if not path.is_file():
             raise ModelFileError(f"model file {str(path)!r} does not exist or is not a file")
-        from onnxstitch.files import check_file
-
-        check_file(path)  # onnxruntime itself would follow a hardlink out of the model's folder
         if self.fp16:
             from onnxstitch.files import as_model
 
-            data = _fp16_model(as_model(path)).SerializeToString()
-            return data
-        return str(path)
+            return _fp16_model(as_model(path)).SerializeToString(), True
+        from onnxstitch.files._precheck import needs_full_check
+
+        if needs_full_check(path):
+            from onnxstitch.files import check_file
+
+            check_file(path)  # onnxruntime itself would follow a hardlink out of the model's folder
+            return str(path), True
+        return str(path), False
 
     @staticmethod
     def _info(arg: Any) -> TensorInfo:
