@@ -38,6 +38,10 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "bench": ("onnxstitch.runtime", "bench"),
     "deploy_triton": ("onnxstitch.runtime.deploy", "deploy_triton"),
     "deploy_kserve": ("onnxstitch.runtime.deploy", "deploy_kserve"),
+    # precision
+    "quantize": ("onnxstitch.precision", "quantize"),
+    "to_fp16": ("onnxstitch.precision", "to_fp16"),
+    "PrecisionReport": ("onnxstitch.precision", "PrecisionReport"),
     # errors module
     "errors": ("onnxstitch.errors", None),
 }
@@ -75,6 +79,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from onnxstitch.files import save as save
     from onnxstitch.files.describe import describe as describe
     from onnxstitch.files.diff import diff as diff
+    from onnxstitch.precision import PrecisionReport as PrecisionReport
+    from onnxstitch.precision import quantize as quantize
+    from onnxstitch.precision import to_fp16 as to_fp16
     from onnxstitch.runtime import Session as Session
     from onnxstitch.runtime import VerifyReport as VerifyReport
     from onnxstitch.runtime import bench as bench

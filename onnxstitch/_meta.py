@@ -8,6 +8,8 @@ Model-level keys:
     ``onnxstitch.layout.<name>``  the layout of a rank-3/4/5 graph input/output: "NLC"/"NCL",
                                   "NHWC"/"NCHW" or "NDHWC"/"NCDHW" (see ``onnxstitch._layouts``).
     ``onnxstitch.parts``          JSON list of the part keys of a merged model, in merge order.
+    ``onnxstitch.precision``      JSON written by ``ox.quantize``/``ox.to_fp16``: ``{"parts": {part:
+                                  precision}, "settings": {...}, "gate": {"passed", "rows", ...}}``.
 
 Node-level keys:
     ``onnxstitch.part``           the key of the part a node of a merged model came from.
@@ -24,6 +26,7 @@ SOURCE = PREFIX + "source"
 LAYOUT_PREFIX = PREFIX + "layout."
 PARTS = PREFIX + "parts"
 PART = PREFIX + "part"
+PRECISION = PREFIX + "precision"
 
 LAYOUTS = ("NLC", "NCL", "NHWC", "NCHW", "NDHWC", "NCDHW")  # channels last / first at ranks 3, 4, 5
 

@@ -22,6 +22,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelFileError",
     "ModelTooLargeError",
+    "PrecisionError",
     "RunTimeoutError",
     "SandboxError",
     "SeamError",
@@ -146,6 +147,29 @@ class DeviceError(StitchError):
 
 class DeployError(StitchError):
     """A model cannot be written as a deployment artefact (Triton repository, KServe manifest)."""
+
+
+class PrecisionError(StitchError):
+    """A quantized or fp16 model no longer agrees with the float32 model (or the native reference).
+
+    Attributes:
+        report: the gate's :class:`~onnxstitch.precision.PrecisionReport` (one table per output).
+        attribution: ``{part: agreement}`` with each part converted alone (the lowest agreement over
+            the outputs and comparisons), so the part that costs the accuracy can be kept in float32;
+            empty when it was not measured.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        report: Any = None,
+        attribution: dict[str, float] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.report = report
+        self.attribution = dict(attribution or {})
+        super().__init__(message, hint=hint)
 
 
 class ServeError(StitchError):

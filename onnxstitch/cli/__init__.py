@@ -26,6 +26,7 @@ _COMMAND_MODULES = (
     "run",
     "verify",
     "bench",
+    "precision",
     "deploy",
     "serve",
     "demo",

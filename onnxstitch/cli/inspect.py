@@ -41,26 +41,38 @@ def _signature_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def _parts_table(parts: list[dict[str, Any]]) -> Table:
+def _parts_table(parts: list[dict[str, Any]], precision: dict[str, str]) -> Table:
     table = Table(title="parts (provenance)", title_justify="left")
-    for column, justify in (
-        ("part", "left"),
-        ("nodes", "right"),
-        ("parameters", "right"),
-        ("op types", "left"),
-    ):
+    columns = [("part", "left"), ("nodes", "right"), ("parameters", "right"), ("op types", "left")]
+    if precision:
+        columns.insert(1, ("precision", "left"))
+    for column, justify in columns:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for row in parts:
         ops = ", ".join(f"{op}×{n}" for op, n in list(row["op_types"].items())[:6])
         more = len(row["op_types"]) - 6
-        cells = (
+        cells = [
             row["part"],
             str(row["nodes"]),
             f"{row['parameters']:,}",
             ops + (f", +{more}" if more > 0 else ""),
-        )
+        ]
+        if precision:
+            cells.insert(1, precision.get(row["part"], "-"))
         table.add_row(*(Text(c) for c in cells))
     return table
+
+
+def _precision_line(record: dict[str, Any]) -> str:
+    parts = ", ".join(f"{p} {v}" for p, v in record["parts"].items())
+    gate = record.get("gate") or {}
+    if gate.get("agreement") is None:
+        return f"precision  {parts}"
+    verdict = "passed" if gate.get("passed") else "FAILED"
+    return (
+        f"precision  {parts}; gate {verdict}: lowest agreement {gate['agreement']:.4f} "
+        f"(min {gate.get('min_agreement')})"
+    )
 
 
 def render(summary: dict[str, Any]) -> list[Any]:
@@ -87,9 +99,12 @@ def render(summary: dict[str, Any]) -> list[Any]:
     if batch:
         state = f"on along {batch['dim']!r}" if batch["dim"] else "off"
         lines.append(f"batching   {state}: {batch['reason']}")
+    record = summary.get("precision")
+    if record:
+        lines.append(_precision_line(record))
     lines.append(_signature_table(summary))
     if summary["parts"]:
-        lines.append(_parts_table(summary["parts"]))
+        lines.append(_parts_table(summary["parts"], record["parts"] if record else {}))
     return lines
 
 

@@ -32,6 +32,11 @@ next to ``inspect``, and pinned by ``tests/files``):
     for a merged model, one row per part in merge order: ``{"part", "nodes", "parameters",
     "op_types"}``; an initializer used by several parts is counted in a ``"(shared)"`` row and
     nodes without a part in ``"(unassigned)"``. Empty for a model that was not merged.
+``precision``
+    what ``ox.quantize``/``ox.to_fp16`` recorded (``onnxstitch.precision``): ``{"parts": {part:
+    precision}, "gate": {"passed", "agreement", "min_agreement"}}`` with ``precision`` one of
+    ``"int8"``, ``"int8-dynamic"``, ``"fp16"``, ``"fp32"`` (a model that was not merged is the one
+    part ``"model"``), or ``None`` when nothing was recorded.
 ``metadata``
     the other ``metadata_props`` (not ``onnxstitch.*``).
 ``graph``
@@ -42,6 +47,7 @@ next to ``inspect``, and pinned by ``tests/files``):
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections import Counter, defaultdict
@@ -147,6 +153,29 @@ def _parts(model: onnx.ModelProto, sizes: dict[str, tuple[int, int]]) -> list[di
     ]
 
 
+def _precision(raw: str | None) -> dict[str, Any] | None:
+    """The summary of an ``onnxstitch.precision`` record (``None`` if absent or unreadable)."""
+    if not raw:
+        return None
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("parts"), dict):
+        return None
+    gate: dict[str, Any] = record["gate"] if isinstance(record.get("gate"), dict) else {}
+    rows = [r for r in gate.get("rows", []) if isinstance(r, dict)]
+    agreement = min((float(r.get("agreement", 0.0)) for r in rows), default=None)
+    return {
+        "parts": {str(k): str(v) for k, v in record["parts"].items()},
+        "gate": {
+            "passed": gate.get("passed"),
+            "agreement": agreement,
+            "min_agreement": gate.get("min_agreement"),
+        },
+    }
+
+
 def _sorted_counts(counter: Counter[str]) -> dict[str, int]:
     return dict(sorted(counter.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -196,6 +225,7 @@ def describe(
         "parameter_bytes": sum(b for _, b in sizes.values()),
         "layouts": layouts,
         "parts": _parts(model, sizes),
+        "precision": _precision(props.get(_meta.PRECISION)),
         "metadata": {k: v for k, v in props.items() if not k.startswith(_meta.PREFIX)},
         "graph": part_graph(model),
     }

@@ -85,7 +85,8 @@ def test_json_output_has_stable_keys(app: typer.Typer, model_path: Path) -> None
     data = json.loads(result.output)
     assert list(data) == [
         "file", "ir_version", "opsets", "producer", "source", "inputs", "outputs", "batching", "nodes",
-        "op_types", "parameters", "parameter_bytes", "layouts", "parts", "metadata", "graph",
+        "op_types", "parameters", "parameter_bytes", "layouts", "parts", "precision", "metadata",
+    "graph",
     ]  # fmt: skip
     assert data["inputs"] == [
         {"name": "image", "dtype": "float32", "shape": ["batch", 3, 8, 8], "layout": "NCHW"}

@@ -15,7 +15,8 @@ from onnxstitch.files.describe import SHARED, UNASSIGNED, describe, describe_fil
 
 KEYS = [
     "file", "ir_version", "opsets", "producer", "source", "inputs", "outputs", "batching", "nodes",
-    "op_types", "parameters", "parameter_bytes", "layouts", "parts", "metadata", "graph",
+    "op_types", "parameters", "parameter_bytes", "layouts", "parts", "precision", "metadata",
+    "graph",
 ]  # fmt: skip
 
 

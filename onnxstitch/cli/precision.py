@@ -1,0 +1,129 @@
+"""``onnxstitch quantize`` and ``onnxstitch fp16``: precision per part, behind the accuracy gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from onnxstitch.cli._common import console, err_console, print_json, stage_progress
+
+__all__ = ["register"]
+
+
+def quantize_command(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The .onnx model (float32).")],
+    calibration: Annotated[
+        Path,
+        typer.Option(
+            "--calibration",
+            "-c",
+            exists=True,
+            help="An .npz of arrays by input name (batched along dim 0), or a folder of .npy/.npz files.",
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", dir_okay=False, help="Where to write the int8 model.")
+    ],
+    part: Annotated[
+        list[str] | None,
+        typer.Option("--part", "-p", help="Quantize this part (repeat for several); default: what pays."),
+    ] = None,
+    holdout: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True, help="Samples to judge on (.npz or folder); default: 1 calibration sample in 4."
+        ),
+    ] = None,
+    min_agreement: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Lowest share of agreeing samples accepted.")
+    ] = 0.99,
+    rtol: Annotated[float, typer.Option(min=0.0, help="Tolerance of non-classifier outputs.")] = 0.05,
+    quant_format: Annotated[str, typer.Option("--format", help="qdq or qoperator.")] = "qdq",
+    per_channel: Annotated[bool, typer.Option(help="One scale per output channel of each weight.")] = True,
+    reduce_range: Annotated[bool, typer.Option(help="7-bit weights (CPUs without VNNI).")] = False,
+    method: Annotated[str, typer.Option(help="Calibration: minmax, entropy or percentile.")] = "minmax",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the gate's report as JSON.")] = False,
+) -> None:
+    """Quantize to int8 (static, per part), check it against the float32 model, write it.
+
+    Exit 1 with the gate's table and each part's agreement quantized alone when the int8 model
+    agrees less than --min-agreement.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from onnxstitch.files import save
+    from onnxstitch.precision import quantize, read_precision
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True, disable=json_out) as bar:
+        task = bar.add_task("calibrating", total=None)
+        with stage_progress("quantizing", quiet=json_out or err_console.is_terminal):
+            result = quantize(
+                str(model),
+                str(calibration),
+                parts=list(part) if part else None,
+                holdout=None if holdout is None else str(holdout),
+                min_agreement=min_agreement,
+                rtol=rtol,
+                format=quant_format,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                calibrate_method=method,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+    save(result, output)
+    _report(read_precision(result), output, json_out)
+
+
+def fp16_command(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The .onnx model (float32).")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", dir_okay=False, help="Where to write the fp16 model.")
+    ],
+    part: Annotated[
+        list[str] | None, typer.Option("--part", "-p", help="Convert this part (repeat); default: all.")
+    ] = None,
+    keep_io_types: Annotated[bool, typer.Option(help="Keep float32 inputs and outputs.")] = True,
+    holdout: Annotated[
+        Path | None, typer.Option(exists=True, help="Samples to judge on (.npz or folder); default: random.")
+    ] = None,
+    min_agreement: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Lowest share of agreeing samples accepted.")
+    ] = 0.99,
+    rtol: Annotated[float, typer.Option(min=0.0, help="Tolerance of non-classifier outputs.")] = 0.01,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the gate's report as JSON.")] = False,
+) -> None:
+    """Convert to float16 (for GPUs; per part), check it against the float32 model, write it."""
+    from onnxstitch.files import save
+    from onnxstitch.precision import read_precision, to_fp16
+
+    with stage_progress("converting to float16", quiet=json_out):
+        result = to_fp16(
+            str(model),
+            parts=list(part) if part else None,
+            keep_io_types=keep_io_types,
+            holdout=None if holdout is None else str(holdout),
+            min_agreement=min_agreement,
+            rtol=rtol,
+        )
+    save(result, output)
+    _report(read_precision(result), output, json_out)
+
+
+def _report(record: dict[str, Any] | None, output: Path, json_out: bool) -> None:
+    from onnxstitch.precision import PrecisionReport
+
+    if json_out:
+        print_json(record)
+        return
+    console.print(f"wrote {output}", markup=False)
+    if record:
+        console.print(str(PrecisionReport.from_dict(record)), markup=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``quantize`` and ``fp16`` to the ``onnxstitch`` app."""
+    app.command("quantize")(quantize_command)
+    app.command("fp16")(fp16_command)

@@ -1,0 +1,179 @@
+"""ox.quantize on a real Keras + torch hybrid: parts, the gate, calibration forms, typed errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from _precision_models import Hybrid, images
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxstitch as ox
+from onnxstitch import _meta
+from onnxstitch.errors import InputError, PrecisionError, SpecError
+from onnxstitch.precision import PrecisionReport, part_precisions, read_precision
+
+QUANT_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "QLinearAdd",
+    "DynamicQuantizeMatMul",
+}
+
+
+def _initializer_types(model: onnx.ModelProto) -> dict[str, int]:
+    return {t.name: t.data_type for t in model.graph.initializer}
+
+
+def assert_float32_nodes(model: onnx.ModelProto, part: str) -> int:
+    """Every node of ``part`` is a float op whose weights are float32; returns how many were checked."""
+    types = _initializer_types(model)
+    checked = 0
+    for node in model.graph.node:
+        if _meta.get_part(node) != part:
+            continue
+        assert node.op_type not in QUANT_OPS, f"{part} node {node.name} is {node.op_type}"
+        for name in node.input:
+            if name in types:
+                assert types[name] in (TensorProto.FLOAT, TensorProto.INT64), (node.name, name, types[name])
+        checked += 1
+    return checked
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return next(iter(ox.Session(model, device="cpu").run({model.graph.input[0].name: x}).values()))
+
+
+def test_default_quantizes_the_backbone_and_keeps_the_small_head(hybrid: Hybrid) -> None:
+    before = hybrid.model.SerializeToString()
+    q = ox.quantize(hybrid.model, {hybrid.input: images(64, 1)}, reference=hybrid.reference)
+    assert hybrid.model.SerializeToString() == before  # the caller's model is untouched
+    onnx.checker.check_model(q, full_check=True)
+    assert part_precisions(q) == {"backbone": "int8", "head": "fp32"}
+    backbone_ops = {n.op_type for n in q.graph.node if _meta.get_part(n) == "backbone"}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= backbone_ops
+    assert all(_meta.get_part(n) in ("backbone", "head") for n in q.graph.node)
+    assert assert_float32_nodes(q, "head") == 3
+    record = read_precision(q)
+    assert record is not None
+    report = PrecisionReport.from_dict(record)
+    assert report.passed and {r.against for r in report.rows} == {"float32 model", "native reference"}
+    assert record["settings"]["format"] == "qdq" and record["settings"]["per_channel"] is True
+    x = images(16, 7)
+    np.testing.assert_allclose(
+        _run(q, x), _run(hybrid.model, x), atol=0.05 * np.abs(_run(hybrid.model, x)).max()
+    )
+    assert _meta.get_parts(q) == ["backbone", "head"]  # the model's own metadata survives
+
+
+def test_parts_keeps_the_head_float32_node_by_node(hybrid: Hybrid) -> None:
+    q = ox.quantize(
+        hybrid.model,
+        {hybrid.input: images(64, 1)},
+        parts={"backbone": "int8", "head": "fp32"},
+        format="qoperator",
+    )
+    ox.Session(q, device="cpu")
+    onnx.checker.check_model(q, full_check=True)
+    assert assert_float32_nodes(q, "head") == 3
+    assert {"QLinearConv"} <= {n.op_type for n in q.graph.node if _meta.get_part(n) == "backbone"}
+    both = ox.quantize(
+        hybrid.model, {hybrid.input: images(64, 1)}, parts=["backbone", "head"], min_agreement=0.0
+    )
+    assert part_precisions(both) == {"backbone": "int8", "head": "int8"}
+    head_ops = {n.op_type for n in both.graph.node if _meta.get_part(n) == "head"}
+    assert head_ops & QUANT_OPS
+
+
+def test_the_gate_refuses_an_all_zero_calibration_naming_the_part(hybrid: Hybrid) -> None:
+    zeros = {hybrid.input: np.zeros((32, 8, 8, 1), np.float32)}
+    with pytest.raises(PrecisionError) as caught:
+        ox.quantize(hybrid.model, zeros, holdout={hybrid.input: images(64, 2)}, parts=["backbone", "head"])
+    error = caught.value
+    assert set(error.attribution) == {"backbone", "head"}
+    worst = min(error.attribution, key=lambda p: error.attribution[p])
+    assert error.attribution[worst] < 0.99
+    assert f"part {worst!r} costs the most" in str(error) and "keep part" in str(error)
+    assert not error.report.passed and "output 'output'" in str(error.report)
+
+
+def test_a_constant_holdout_is_refused_naming_the_input(hybrid: Hybrid) -> None:
+    with pytest.raises(InputError, match="'image' is constant"):
+        ox.quantize(hybrid.model, {hybrid.input: np.zeros((32, 8, 8, 1), np.float32)})
+
+
+def test_every_calibration_form_gives_the_same_model(hybrid: Hybrid, tmp_path: Path) -> None:
+    data = images(48, 3)
+    hold = {hybrid.input: images(16, 4)}
+    batches = [{hybrid.input: data[i : i + 16]} for i in range(0, 48, 16)]
+    np.savez(tmp_path / "calib.npz", **{hybrid.input: data})
+    (tmp_path / "npy").mkdir()
+    np.save(tmp_path / "npy" / f"{hybrid.input}.npy", data)
+    (tmp_path / "npz").mkdir()
+    for i, b in enumerate(batches):
+        np.savez(tmp_path / "npz" / f"{i}.npz", **b)
+    forms = [
+        {hybrid.input: data},
+        iter(batches),
+        tmp_path / "calib.npz",
+        str(tmp_path / "npy"),
+        tmp_path / "npz",
+    ]
+    x = images(8, 5)
+    outputs = [_run(ox.quantize(hybrid.model, form, holdout=hold, min_agreement=0.9), x) for form in forms]
+    for out in outputs[1:]:
+        np.testing.assert_array_equal(out, outputs[0])
+
+
+def test_bad_calibration_names_the_tensor(hybrid: Hybrid) -> None:
+    with pytest.raises(InputError, match=r"missing input\(s\) \['image'\]"):
+        ox.quantize(hybrid.model, [{"pixels": images(4, 0)}])
+    with pytest.raises(InputError, match=r"input 'image' has shape \[4, 8, 8\]"):
+        ox.quantize(hybrid.model, {hybrid.input: images(4, 0)[..., 0]})
+    with pytest.raises(InputError, match="'image' is int64"):
+        ox.quantize(hybrid.model, {hybrid.input: np.ones((4, 8, 8, 1), np.int64)})
+    with pytest.raises(SpecError, match=r"unknown part\(s\) \['neck'\]"):
+        ox.quantize(hybrid.model, {hybrid.input: images(8, 0)}, parts={"neck": "int8"})
+    with pytest.raises(SpecError, match="unknown precision"):
+        ox.quantize(hybrid.model, {hybrid.input: images(8, 0)}, parts={"head": "int4"})
+
+
+def _mlp(hidden: int, *, names: bool) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    w2 = rng.standard_normal((hidden, 10)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1" if names else ""),
+        helper.make_node("Relu", ["h"], ["r"], name="relu" if names else ""),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2" if names else ""),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_matmul_parts_get_dynamic_int8_and_unnamed_nodes_are_handled(tmp_path: Path) -> None:
+    model = _mlp(512, names=False)
+    before = model.SerializeToString()
+    x = np.random.default_rng(1).standard_normal((64, 512)).astype(np.float32)
+    q = ox.quantize(model, {"x": x}, min_agreement=0.9)
+    assert model.SerializeToString() == before and all(not n.name for n in model.graph.node)
+    assert part_precisions(q) == {"model": "int8-dynamic"}
+    assert "DynamicQuantizeLinear" in {n.op_type for n in q.graph.node}
+    onnx.checker.check_model(q, full_check=True)
+    small = ox.quantize(_mlp(64, names=True), {"x": x[:, :64]})
+    assert part_precisions(small) == {"model": "fp32"}
+    assert not {n.op_type for n in small.graph.node} & QUANT_OPS
