@@ -196,17 +196,27 @@ def wait_ready(client: object, proc: subprocess.Popen[bytes], name: str, log: Pa
     raise SystemExit(f"tritonserver not ready after {timeout:.0f}s:\n{log.read_text()[-4000:]}")
 
 
-def check(model_path: Path | None, venv: Path, name: str = "hybrid") -> dict[str, object]:
-    """Run every check; return a summary dict (``ok`` True when everything passed)."""
+def check(
+    model_path: Path | None, venv: Path, name: str = "hybrid", variants: dict[str, Path] | None = None
+) -> dict[str, object]:
+    """Run every check; return a summary dict (``ok`` True when everything passed).
+
+    With ``variants`` (same signature, e.g. an int8 twin) the repository holds them as the next
+    versions of the model (``deploy_triton(variants_as="versions")``): every version must be ready
+    and answer like a local session of its own file.
+    """
     import tritonclient.http as httpclient
 
     site = ensure_venv(venv)
     model = ox.load(model_path) if model_path else demo_model()
     session = ox.Session(model, device="cpu")
+    variant_sessions = {key: ox.Session(path, device="cpu") for key, path in (variants or {}).items()}
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="triton-check-") as tmp:
         work = Path(tmp)
-        deployment = ox.deploy_triton(model, work / "repo", name=name)
+        deployment = ox.deploy_triton(model, work / "repo", name=name, variants=variants)
+        sessions = {str(deployment.version): session}
+        sessions.update({str(deployment.variants[k].version): s for k, s in variant_sessions.items()})
         repo = work / "served"
         python_backend_copy(deployment.repository, name, repo, QUEUE_DELAY_US)
         http_port, grpc_port = _free_port(), _free_port()
@@ -220,7 +230,7 @@ def check(model_path: Path | None, venv: Path, name: str = "hybrid") -> dict[str
             local_clients = threading.local()
             reshaped = {o["name"] for o in served["output"] if "reshape" in o}
 
-            def one(batch: int, seed: int) -> float:
+            def one(batch: int, seed: int, version: str = "") -> float:
                 local = np.random.default_rng(seed)
                 feeds = {}
                 for n, ti in info.items():
@@ -237,8 +247,8 @@ def check(model_path: Path | None, venv: Path, name: str = "hybrid") -> dict[str
                     reqs.append(inp)
                 if not hasattr(local_clients, "c"):  # tritonclient.http is not thread-safe
                     local_clients.c = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
-                result = local_clients.c.infer(name, reqs)
-                expected = session.run(feeds)
+                result = local_clients.c.infer(name, reqs, model_version=version)
+                expected = sessions[version or max(sessions, key=int)].run(feeds)
                 worst = 0.0
                 for out_name, want in expected.items():
                     got = result.as_numpy(out_name)
@@ -252,10 +262,15 @@ def check(model_path: Path | None, venv: Path, name: str = "hybrid") -> dict[str
                 return worst
 
             sequential = [one(b, int(rng.integers(1 << 30))) for b in (1, 2, 5)]
+            for version in sessions:
+                if not client.is_model_ready(name, version):
+                    raise SystemExit(f"version {version} of {name!r} is not ready")
+                sequential += [one(b, int(rng.integers(1 << 30)), version) for b in (1, 3)]
             with concurrent.futures.ThreadPoolExecutor(16) as pool:
                 seeds = [int(s) for s in rng.integers(1 << 30, size=64)]
                 concurrent_errs = list(pool.map(lambda s: one(1 + s % 4, s), seeds))
-            stats = client.get_inference_statistics(name)["model_stats"][0]
+            newest = max(sessions, key=int)  # requests that name no version go to the newest served
+            stats = client.get_inference_statistics(name, newest)["model_stats"][0]
             batch_sizes = sorted(int(b["batch_size"]) for b in stats.get("batch_stats", []))
             requests = int(stats["inference_stats"]["success"]["count"])
             executions = int(stats["execution_count"])
@@ -263,6 +278,7 @@ def check(model_path: Path | None, venv: Path, name: str = "hybrid") -> dict[str
                 "ok": True,
                 "server": client.get_server_metadata()["version"],
                 "config_max_batch_size": served.get("max_batch_size", 0),
+                "versions_served": sorted(int(v) for v in sessions),
                 "requests": len(sequential) + len(concurrent_errs),
                 "server_requests": requests,
                 "server_executions": executions,

@@ -21,6 +21,25 @@ class _Accelerator(StrEnum):
     tensorrt = "tensorrt"
 
 
+class _VariantsAs(StrEnum):
+    versions = "versions"
+    models = "models"
+
+
+def _variants(values: list[str] | None) -> list[str]:
+    seen: set[str] = set()
+    for value in values or []:
+        key, sep, path = value.partition("=")
+        if not sep or not key or not path:
+            raise typer.BadParameter(f"{value!r} is not NAME=MODEL.onnx (e.g. int8=m.int8.onnx)")
+        if key in seen:
+            raise typer.BadParameter(f"variant {key!r} is given twice")
+        if not Path(path).is_file():
+            raise typer.BadParameter(f"variant {key!r}: {path!r} is not a file")
+        seen.add(key)
+    return values or []
+
+
 def _version(value: str) -> str:
     if value != "next" and not (value.isdigit() and int(value) >= 1):
         raise typer.BadParameter(f"{value!r} is neither a positive integer nor 'next'")
@@ -47,14 +66,31 @@ def triton(
     accelerator: Annotated[
         _Accelerator | None, typer.Option(help="GPU execution accelerator (needs --device gpu)")
     ] = None,
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=MODEL.onnx: a variant with the same inputs and outputs (e.g. int8=m.int8.onnx); "
+            "repeat for more",
+            callback=_variants,
+        ),
+    ] = None,
+    variants_as: Annotated[
+        _VariantsAs,
+        typer.Option(
+            help="versions: the variants are the next versions of NAME (the config serves them all); "
+            "models: each is a model NAME_VARIANT of its own"
+        ),
+    ] = _VariantsAs.versions,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="print the files and config, write nothing")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="replace an existing version")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="print a JSON summary")] = False,
 ) -> None:
-    """Write MODEL as a Triton Inference Server model repository entry."""
+    """Write MODEL (and its variants) as a Triton Inference Server model repository entry."""
     from onnxstitch.runtime.deploy.triton import deploy_triton
+
+    variants = {key: Path(path) for key, _, path in (v.partition("=") for v in variant or [])}
 
     result = deploy_triton(
         model,
@@ -65,6 +101,8 @@ def triton(
         instances=instances,
         device=device.value,
         accelerator=accelerator.value if accelerator else None,
+        variants=variants or None,
+        variants_as=variants_as.value,
         dry_run=dry_run,
         force=force,
     )
@@ -85,6 +123,10 @@ def triton(
                 "config": result.config_text,
                 "previous": str(result.previous) if result.previous else None,
                 "diff": changes.to_dict() if changes else None,
+                "variants": {
+                    key: {"name": v.name, "version": v.version, "files": [str(p) for p in v.files]}
+                    for key, v in result.variants.items()
+                },
             }
         )
         return
@@ -92,6 +134,12 @@ def triton(
     console.print(f"[bold]{verb}[/] Triton model {result.name!r} version {result.version}:")
     for path in result.files:
         console.print(f"  {path}")
+    for key, written in result.variants.items():
+        console.print(
+            f"[bold]{verb}[/] variant {key!r} as Triton model {written.name!r} version {written.version}:"
+        )
+        for path in written.files:
+            console.print(f"  {path}")
     if result.batching_off:
         console.print(f"dynamic batching off: {result.batching_off}", markup=False)
     console.print(f"\n[bold]config.pbtxt[/]\n{result.config_text}", markup=True)

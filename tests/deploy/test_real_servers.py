@@ -56,6 +56,41 @@ def test_real_triton_core_serves_the_repository_we_write(tmp_path: Path):
     assert summary["server_executions"] < summary["requests"]
 
 
+@pytest.mark.serve
+@pytest.mark.timeout(300)
+def test_real_triton_core_serves_an_int8_variant_as_version_2(tmp_path: Path):
+    """``deploy_triton(variants={"int8": …})``: both versions ready, each answers as its own file."""
+    _require_env()
+    import numpy as np
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            feeds = [{"x": rng.standard_normal((4, 4), dtype=np.float32), "k": np.ones((4, 2), np.int64)}]
+            self.feeds = iter(feeds * 4)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    triton_check = _script("triton_check")
+    model = triton_check.demo_model()
+    constant = next(n for n in model.graph.node if n.output[0] == "w")  # the quantizer takes initializers
+    weight = onnx.numpy_helper.to_array(constant.attribute[0].t)
+    model.graph.node.remove(constant)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(weight, "w"))
+    fp32 = ox.save(model, tmp_path / "model.onnx")
+    int8 = tmp_path / "model.int8.onnx"
+    # static: fixed activation scales, so a batch Triton forms gives each request what it gets alone
+    # (dynamic quantization scales each batch as a whole: its answers depend on the batch-mates)
+    quantize_static(str(fp32), str(int8), Calibration(), quant_format=QuantFormat.QDQ)
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(int8)).graph.node)
+    summary = triton_check.check(fp32, ROOT / ".venv-deploy", variants={"int8": int8})
+    assert summary["ok"] is True and summary["versions_served"] == [1, 2]
+    assert summary["max_abs_error"] <= 1e-5
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -10,6 +10,10 @@ dims. When dim 0 of every input and output is one shared symbol (the ``batch`` d
 converters and composer give only to a dim the model shows to be the batch), ``max_batch_size`` is
 set, the batch dim is left out of ``dims`` and dynamic batching is on; other symbolic dims are
 ``-1``. Otherwise batching is off (``onnxstitch inspect`` says why).
+
+Variants (an int8 or fp16 model beside the float32 one, same signature, hence the same config) are
+written either as further versions of the model, with a ``version_policy`` that serves exactly those
+versions, or as models of their own named ``NAME_VARIANT`` (:func:`deploy_triton`'s ``variants``).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -43,7 +49,10 @@ logger = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _TENSOR_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,255}$")
+_VARIANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEFAULT_MAX_BATCH_SIZE = 64
+#: how ``deploy_triton`` writes ``variants``: as versions of the one model, or as models of their own
+VARIANTS_AS = ("versions", "models")
 
 _TRITON_TYPES: dict[int, str] = {
     onnx.TensorProto.BOOL: "TYPE_BOOL",
@@ -86,6 +95,11 @@ class TritonDeployment:
     previous: Path | None = None
     """The model file of the newest version that was there before (``version="next"``), else None."""
     batching_off: str = ""  # why the model's signature keeps dynamic batching off ("" when it allows it)
+    variant: str | None = None
+    """The variant this entry holds (a key of ``deploy_triton``'s ``variants``), None for the model."""
+    variants: dict[str, TritonDeployment] = field(default_factory=dict)
+    """What was written for each variant: the same model name at another version (``variants_as=
+    "versions"``), or the model ``NAME_VARIANT`` (``"models"``)."""
 
     @property
     def model_dir(self) -> Path:
@@ -305,6 +319,152 @@ def _resolve_version(version: int | str, root: Path, name: str) -> tuple[int, Pa
     return version, None
 
 
+def _check_variants(
+    variants: Mapping[str, ModelLike] | None, variants_as: str, name: str
+) -> dict[str, onnx.ModelProto]:
+    """The variants' models, after their keys (and ``variants_as``) were checked; every problem at once.
+
+    Raises:
+        DeployError: an unknown ``variants_as``, or keys that cannot name a variant.
+    """
+    if variants_as not in VARIANTS_AS:
+        raise DeployError(f"variants_as={variants_as!r} is not one of {', '.join(map(repr, VARIANTS_AS))}")
+    if not variants:
+        return {}
+    bad = [key for key in variants if not isinstance(key, str) or not _VARIANT_RE.match(key)]
+    if variants_as == "models":
+        bad += [key for key in variants if key not in bad and not _NAME_RE.match(f"{name}_{key}")]
+    if bad:
+        raise DeployError(
+            f"variant name(s) {', '.join(map(repr, bad))} cannot be used (for model {name!r})",
+            hint="name a variant with 1-64 characters from A-Z a-z 0-9 _ . - starting with a letter or "
+            "digit, e.g. 'int8' or 'fp16'",
+        )
+    return {key: as_model(model) for key, model in variants.items()}
+
+
+def _signature_lines(model: onnx.ModelProto) -> list[str]:
+    inputs, outputs = model_signature(model)
+    return [
+        f"{role} {s.name!r}: {s.data_type} {list(s.shape)}"
+        for role, specs in (("input", inputs), ("output", outputs))
+        for s in specs
+    ]
+
+
+def _variant_problems(
+    config_text: str,
+    model: onnx.ModelProto,
+    variants: dict[str, onnx.ModelProto],
+    name: str,
+    options: dict[str, Any],
+) -> list[str]:
+    """Why each variant would need another ``config.pbtxt`` than the model (empty when none does)."""
+    problems: list[str] = []
+    for key, variant in variants.items():
+        try:
+            text, _ = triton_config(variant, name=name, **options)
+        except DeployError as exc:
+            problems.append(f"variant {key!r}: {str(exc).splitlines()[0]}")
+            continue
+        if text == config_text:
+            continue
+        ours, theirs = _signature_lines(model), _signature_lines(variant)
+        changed = [f"model has {line}" for line in ours if line not in theirs]
+        changed += [f"variant has {line}" for line in theirs if line not in ours]
+        detail = "; ".join(changed) or "the batching its signature allows differs"
+        problems.append(f"variant {key!r} does not have the model's signature: {detail}")
+    return problems
+
+
+def _with_version_policy(config_text: str, versions: list[int], labels: list[str]) -> str:
+    """``config_text`` serving exactly ``versions`` (Triton's default serves only the newest one)."""
+    served = ", ".join(map(str, versions))
+    which = "; ".join(f"version {v}: {label}" for v, label in zip(versions, labels, strict=True))
+    policy = f"version_policy: {{ specific: {{ versions: [ {served} ] }} }}\n# {which}"
+    head, _, rest = config_text.partition("\n")  # after the name line
+    return f"{head}\n{policy}\n{rest}"
+
+
+@dataclass
+class _Entry:
+    result: TritonDeployment
+    proto: onnx.ModelProto
+
+    @property
+    def version_dir(self) -> Path:
+        return self.result.model_dir / str(self.result.version)
+
+
+def _plan(
+    proto: onnx.ModelProto,
+    variants: dict[str, onnx.ModelProto],
+    root: Path,
+    *,
+    name: str,
+    version: int | str,
+    variants_as: str,
+    dry_run: bool,
+    options: dict[str, Any],
+) -> list[_Entry]:
+    """What to write: the model first, then each variant, each with its config text and version."""
+    first, previous = _resolve_version(version, root, name)
+    text, mbs = triton_config(proto, name=name, **options)
+    problems = _variant_problems(text, proto, variants, name, options)
+    if problems:
+        raise DeployError(
+            f"the variants of model {name!r} must have its inputs and outputs (one config.pbtxt serves "
+            "them all):\n  " + "\n  ".join(problems),
+            hint="quantize or convert with the inputs and outputs kept as they are (ox.quantize and "
+            "ox.to_fp16 keep them), or deploy the variant under a name of its own",
+        )
+    inputs, outputs = model_signature(proto)
+    verdict = batching([(s.name, s.shape) for s in inputs], [(s.name, s.shape) for s in outputs])
+    off = "" if verdict else verdict.reason
+
+    def entry(
+        model: onnx.ModelProto, model_name: str, number: int, config: str, variant: str | None
+    ) -> _Entry:
+        result = TritonDeployment(
+            root, model_name, number, config, mbs, dry_run=dry_run, batching_off=off, variant=variant
+        )
+        return _Entry(result, model)
+
+    if variants_as == "versions" and variants:
+        versions = [first + i for i in range(len(variants) + 1)]
+        text = _with_version_policy(text, versions, ["the model", *(f"variant {k!r}" for k in variants)])
+        entries = [entry(proto, name, first, text, None)]
+        entries += [
+            entry(m, name, n, text, k) for n, (k, m) in zip(versions[1:], variants.items(), strict=True)
+        ]
+    else:
+        entries = [entry(proto, name, first, text, None)]
+        for key, variant in variants.items():
+            model_name = f"{name}_{key}"
+            number, _ = _resolve_version(version, root, model_name)
+            entries.append(
+                entry(variant, model_name, number, triton_config(variant, name=model_name, **options)[0], key)
+            )
+    entries[0].result.previous = previous
+    entries[0].result.variants = {e.result.variant: e.result for e in entries[1:] if e.result.variant}
+    return entries
+
+
+def _write_version(entry: _Entry) -> None:
+    """Write the version into a fresh sibling folder, then swap it in: a failure leaves nothing behind."""
+    version_dir = entry.version_dir
+    entry.result.model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.result.version}.", dir=entry.result.model_dir))
+    try:
+        save(entry.proto, staging / "model.onnx")
+        if version_dir.exists():
+            shutil.rmtree(version_dir)
+        staging.rename(version_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def deploy_triton(
     model: ModelLike,
     repository: str | os.PathLike[str],
@@ -315,6 +475,8 @@ def deploy_triton(
     instances: int = 1,
     device: str = "cpu",
     accelerator: str | None = None,
+    variants: Mapping[str, ModelLike] | None = None,
+    variants_as: str = "versions",
     dry_run: bool = False,
     force: bool = False,
 ) -> TritonDeployment:
@@ -334,58 +496,72 @@ def deploy_triton(
         instances: model instances per device.
         device: "cpu" or "gpu".
         accelerator: for GPU: "cuda" (default) or "tensorrt".
+        variants: more models with the same inputs and outputs, by variant name, e.g.
+            ``{"int8": ox.quantize(m, calib)}``; each must give the same ``config.pbtxt`` as
+            ``model`` (a variant whose signature differs is refused, naming it).
+        variants_as: ``"versions"``: the variants are the next versions of model ``name`` (the model
+            at ``version``, the variants at ``version + 1``, ``+ 2``… in the order given), and the
+            config serves exactly these versions (``version_policy: { specific: … }``; a comment in
+            it says which version is which). A request that names no version gets the highest one,
+            so clients name the version. ``"models"``: each variant is a model of its own,
+            ``NAME_VARIANT``, at the same ``version`` (``"next"`` is resolved per model).
+            (``onnxstitch serve`` serves one version per model, the newest. A dynamically
+            quantized variant scales activations per batch: under the dynamic batcher its answers
+            depend on the requests batched with it; a statically quantized one's do not.)
         dry_run: compute the config and the file list, write nothing.
         force: replace an existing version folder, and a ``config.pbtxt`` that differs from the
             one this model needs (it is shared by every version of the model).
 
     Returns:
-        A :class:`TritonDeployment` naming the files and the config text.
+        A :class:`TritonDeployment` naming the files and the config text; its ``variants`` hold one
+        per variant.
 
     Raises:
-        DeployError: bad name/version/options, an existing version or a different existing
-            config without ``force``, or a model signature Triton cannot serve.
+        DeployError: bad name/version/options/variant names, an existing version or a different
+            existing config without ``force``, a model signature Triton cannot serve, or a variant
+            whose signature differs from the model's.
     """
     root = Path(repository)
-    version, previous = _resolve_version(version, root, name)
+    options: dict[str, Any] = {
+        "max_batch_size": max_batch_size,
+        "instances": instances,
+        "device": device,
+        "accelerator": accelerator,
+    }
+    validate_model_name(name)
     proto = as_model(model)
-    text, mbs = triton_config(
+    protos = _check_variants(variants, variants_as, name)
+    entries = _plan(
         proto,
+        protos,
+        root,
         name=name,
-        max_batch_size=max_batch_size,
-        instances=instances,
-        device=device,
-        accelerator=accelerator,
+        version=version,
+        variants_as=variants_as,
+        dry_run=dry_run,
+        options=options,
     )
-    inputs, outputs = model_signature(proto)
-    verdict = batching([(s.name, s.shape) for s in inputs], [(s.name, s.shape) for s in outputs])
-    off = "" if verdict else verdict.reason
-    result = TritonDeployment(
-        root, name, version, text, mbs, dry_run=dry_run, batching_off=off, previous=previous
-    )
-    version_dir = result.model_dir / str(version)
-    if version_dir.exists() and not force:
-        raise DeployError(
-            f"version {version} of model {name!r} already exists in {root}",
-            hint="pass a new --version, or --force to replace it",
-        )
-    _check_shared_config(result, force=force)
-    result.files = [result.config_path, result.model_path]
+    for entry in entries:
+        result = entry.result
+        if entry.version_dir.exists() and not force:
+            what = f"variant {result.variant!r}: " if result.variant else ""
+            raise DeployError(
+                f"{what}version {result.version} of model {result.name!r} already exists in {root}",
+                hint="pass a new --version, or --force to replace it",
+            )
+    for entry in entries:
+        _check_shared_config(entry.result, force=force)
+        entry.result.files = [entry.result.config_path, entry.result.model_path]
+    main = entries[0].result
     if dry_run:
-        return result
-    result.model_dir.mkdir(parents=True, exist_ok=True)
-    # write the version into a fresh sibling folder, then swap it in: a failure leaves nothing behind
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=result.model_dir))
-    try:
-        save(proto, staging / "model.onnx")
-        if version_dir.exists():
-            shutil.rmtree(version_dir)
-        staging.rename(version_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    tmp_config = result.config_path.with_name(".config.pbtxt.tmp")
-    tmp_config.write_text(text)
-    tmp_config.replace(result.config_path)
-    result.files = [result.config_path, *sorted(p for p in version_dir.rglob("*") if p.is_file())]
-    logger.info("wrote Triton model %r version %d to %s", name, version, root)
-    return result
+        return main
+    for entry in entries:
+        _write_version(entry)
+    for entry in entries:
+        result = entry.result
+        tmp_config = result.config_path.with_name(".config.pbtxt.tmp")
+        tmp_config.write_text(result.config_text)
+        tmp_config.replace(result.config_path)
+        result.files = [result.config_path, *sorted(p for p in entry.version_dir.rglob("*") if p.is_file())]
+        logger.info("wrote Triton model %r version %d to %s", result.name, result.version, root)
+    return main
