@@ -1,4 +1,4 @@
-"""Every code block of README.md, docs/tutorial.md and docs/howto/*.md is executed here.
+"""Every code block of README.md, docs/tutorial.md, docs/precision.md and docs/howto/*.md is executed here.
 
 Each document runs as a reader would run it: top to bottom, in one fresh folder, in one Python
 process (``python`` blocks share their variables, like one interactive session; ``bash`` blocks run
@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = [
     REPO / "README.md",
     REPO / "docs" / "tutorial.md",
+    REPO / "docs" / "precision.md",
     *sorted((REPO / "docs" / "howto").glob("*.md")),
 ]
 MARKERS = ("run", "file", "background", "make-dry-run", "gpu")

@@ -24,8 +24,9 @@ next to ``inspect``, and pinned by ``tests/files``):
 ``nodes``, ``op_types``
     the node count of the main graph and ``{op_type: count}`` (sorted by count, then name).
 ``parameters``, ``parameter_bytes``
-    elements of the floating-point initializers (the weights; integer shape and index constants are
-    not parameters) and bytes of all initializers (subgraphs included).
+    elements of the floating-point and int8/uint8 initializers (the weights, quantized ones too;
+    int32/int64 shape and index constants are not parameters) and bytes of all initializers
+    (subgraphs included).
 ``layouts``
     ``{tensor: layout}`` from ``onnxstitch.layout.<tensor>``.
 ``parts``
@@ -96,13 +97,16 @@ def _value_info(vi: onnx.ValueInfoProto, layouts: dict[str, str]) -> dict[str, A
 
 
 # what counts as a parameter: floating-point weights, not integer shape/index constants
+# weights: floating-point tensors, and the int8/uint8 weights of a quantized model (index and shape
+# constants are int64 or int32; a quantized bias, int32, is not counted)
 _WEIGHT_TYPES = frozenset(
-    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
-)
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE,
+     onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+)  # fmt: skip
 
 
 def _tensor_size(tensor: onnx.TensorProto) -> tuple[int, int]:
-    """(parameters, bytes) of an initializer: elements if it holds floating-point weights, else 0."""
+    """(parameters, bytes) of an initializer: elements if it holds weights (float, int8), else 0."""
     count = int(math.prod(tensor.dims))
     try:
         itemsize = int(helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize)

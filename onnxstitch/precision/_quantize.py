@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import tempfile
@@ -79,8 +80,32 @@ class _Quantizer:
         self.source = folder / "model.onnx"
         self.cache = folder / "calibration.json"
         onnx.save(work, folder / "named.onnx")
-        with quiet_root_logger():  # shape inference only: nodes keep their names (and parts)
-            quant_pre_process(str(folder / "named.onnx"), str(self.source), skip_optimization=True)
+        # shape inference only (no graph optimization): nodes keep their names, so their parts.
+        # Symbolic shape inference (dynamic dims of transformers) needs sympy, which onnxruntime
+        # does not require: without it, or where it fails on a model, ONNX shape inference alone.
+        symbolic = importlib.util.find_spec("sympy") is not None
+        with quiet_root_logger():
+            try:
+                quant_pre_process(
+                    str(folder / "named.onnx"),
+                    str(self.source),
+                    skip_optimization=True,
+                    skip_symbolic_shape=not symbolic,
+                )
+            except Exception as exc:  # symbolic inference raises anything: retry without it
+                if not symbolic:
+                    raise
+                logger.info(
+                    "symbolic shape inference failed (%s: %s); ONNX shape inference only",
+                    type(exc).__name__,
+                    exc,
+                )
+                quant_pre_process(
+                    str(folder / "named.onnx"),
+                    str(self.source),
+                    skip_optimization=True,
+                    skip_symbolic_shape=True,
+                )
         self.runs = 0
 
     def __call__(self, choice: Mapping[str, str]) -> onnx.ModelProto:

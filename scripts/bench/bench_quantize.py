@@ -1,0 +1,335 @@
+"""int8 against float32, merged hybrid against merged hybrid (issue 13, "Done when").
+
+Two hybrids: the bench hybrid of ``bench_runtime.py`` (a ResNet-ish Keras backbone + torch MLP head,
+random weights, 32×32×3 inputs) and the demo's digits hybrid (Keras CNN backbone + torch MLP head,
+trained 15 epochs each on scikit-learn's digits; the top-1 agreement is taken on the 360 test
+images against the native chain). Each variant is made with ``ox.quantize`` (the gate's threshold
+set to 0 so that every variant is reported, not refused), run by onnxruntime on the CPU at batch
+1, 8 and 64 in blocks rotated over rounds (the medians of all blocks), with the float32 merged model
+in the same rounds. onnxruntime's profiler then says where the time goes and which ops stayed float.
+Writes the ``quantize`` section of docs/benchmarks.md.
+
+    python3 scripts/bench/bench_quantize.py [--quick] [--threads 2] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _report
+
+BATCHES = (1, 8, 64)
+# (name, label, ox.quantize options or None for float32, session optimization level)
+VARIANTS: tuple[tuple[str, str, dict[str, Any] | None, str], ...] = (
+    ("fp32", "float32 merged", None, "all"),
+    ("int8", "**int8, ox.quantize defaults** (QDQ, per-channel U8S8, MinMax, head kept fp32)", {}, "all"),
+    ("qoperator", "int8, QOperator format", {"format": "qoperator"}, "all"),
+    ("per_tensor", "int8, per-tensor weights", {"per_channel": False}, "all"),
+    ("reduce_range", "int8, reduce_range (7-bit weights)", {"reduce_range": True}, "all"),
+    ("entropy", "int8, entropy calibration", {"calibrate_method": "entropy"}, "all"),
+    ("all_parts", "int8, head quantized too", {"parts": "all"}, "all"),
+    ("fp32_basic", "float32 merged, ORT optimization `basic`", None, "basic"),
+    ("int8_basic", "int8 defaults, ORT optimization `basic`", {}, "basic"),
+)
+QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+
+# ----------------------------------------------------------------------------- the hybrids
+
+
+def bench_hybrid(threads: int) -> dict[str, Any]:
+    """The bench hybrid: merged model, native chain, calibration (random normal) and hold-out."""
+    import bench_runtime as br
+
+    br.set_threads(threads)
+    models = br.build_models(br.Arch())
+    backbone, head = models["backbone"], models["head"]
+
+    def native(x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return np.asarray(head(torch.from_numpy(np.array(backbone.predict_on_batch(x)))).numpy())
+
+    rng = np.random.default_rng(0)
+    name = models["merged"].graph.input[0].name
+    return {
+        "label": "bench hybrid (Keras ResNet-ish backbone 32×32×3, widths 16/32/64 + torch MLP 64→256→10, "
+        "random weights)",
+        "model": models["merged"],
+        "native": native,
+        "input": name,
+        "calibration": {name: rng.standard_normal((256, 32, 32, 3)).astype(np.float32)},
+        "holdout": {name: rng.standard_normal((256, 32, 32, 3)).astype(np.float32)},
+        "labels": None,
+        "holdout_text": "256 random normal images (random weights: agreement only, no accuracy)",
+    }
+
+
+def digits_hybrid(threads: int) -> dict[str, Any]:
+    """The demo's digits hybrid, trained as ``onnxstitch demo`` trains it (seed 0, 15 epochs)."""
+    import onnxstitch as ox
+    from onnxstitch.demo._data import load_digits_split
+    from onnxstitch.demo._run import _convert
+    from onnxstitch.demo._train import setup_frameworks, train_first, train_second
+
+    data = load_digits_split()
+    setup_frameworks(seed=0, threads=threads)
+    parts = train_second(train_first("keras-torch", data, epochs=15), data, epochs=15)
+    merged = ox.chain(_convert(parts))
+    name = merged.graph.input[0].name
+    return {
+        "label": "demo digits hybrid (Keras CNN backbone 8×8×1 + torch MLP head, trained)",
+        "model": merged,
+        "native": parts.predict,
+        "input": name,
+        "calibration": {name: data.x_train[:512]},
+        "holdout": {name: data.x_test},
+        "labels": data.y_test,
+        "holdout_text": f"the {len(data.y_test)} digits test images",
+    }
+
+
+# ----------------------------------------------------------------------------- the variants
+
+
+def make_variants(h: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each variant's model, gate record and top-1 against the native chain and the labels."""
+    import onnxstitch as ox
+    from onnxstitch.precision import read_precision
+
+    model = h["model"]
+    parts = list(dict.fromkeys(p for p in (_meta_part(n) for n in model.graph.node) if p))
+    native = h["native"](h["holdout"][h["input"]])
+    out: dict[str, dict[str, Any]] = {}
+    for name, _, options, level in VARIANTS:
+        if options is None:
+            q, record, seconds = model, None, 0.0
+        else:
+            opts = dict(options)
+            if opts.get("parts") == "all":
+                opts["parts"] = parts
+            started = time.perf_counter()
+            q = ox.quantize(
+                model,
+                h["calibration"],
+                holdout=h["holdout"],
+                reference=h["native"],
+                min_agreement=0.0,
+                **opts,
+            )
+            seconds = time.perf_counter() - started
+            record = read_precision(q)
+        session = ox.Session(q, device="cpu", threads=h["threads"], optimization=level)
+        x = h["holdout"][h["input"]]
+        first = session.output_names[0]
+        logits = np.concatenate(
+            [session.run({h["input"]: x[i : i + 64]})[first] for i in range(0, len(x), 64)]
+        )
+        agree = float((logits.argmax(1) == native.argmax(1)).mean())
+        acc = None if h["labels"] is None else float((logits.argmax(1) == h["labels"]).mean())
+        out[name] = {
+            "model": q,
+            "session": session,
+            "record": record,
+            "agree": agree,
+            "accuracy": acc,
+            "seconds": seconds,
+            "level": level,
+        }
+        print(
+            f"  {name}: top-1 vs native {agree:.4f}" + (f", accuracy {acc:.4f}" if acc is not None else ""),
+            flush=True,
+        )
+    return out
+
+
+def _meta_part(node: Any) -> str | None:
+    from onnxstitch import _meta
+
+    return _meta.get_part(node)
+
+
+def measure(
+    variants: dict[str, dict[str, Any]], h: dict[str, Any], rounds: int, repeats: dict[int, int]
+) -> dict[int, dict[str, float]]:
+    """Median ms per variant and batch: blocks of consecutive runs, rotated over ``rounds``."""
+    x = h["holdout"][h["input"]]
+    times: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
+    for _ in range(rounds):
+        for name, v in variants.items():
+            run: Callable[[dict[str, np.ndarray]], Any] = v["session"].run
+            for batch in BATCHES:
+                feed = {h["input"]: np.ascontiguousarray(x[:batch])}
+                for _ in range(3):
+                    run(feed)
+                for _ in range(repeats[batch]):
+                    started = time.perf_counter()
+                    run(feed)
+                    times[(name, batch)].append((time.perf_counter() - started) * 1000)
+    return {b: {n: statistics.median(times[(n, b)]) for n in variants} for b in BATCHES}
+
+
+def profile(model: Any, h: dict[str, Any], batch: int, runs: int) -> dict[str, Any]:
+    """onnxruntime's profiler at ``batch``: ms per op type, and the float ops left in the int8 graph."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = h["threads"]
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(os.environ.get("TMPDIR", "/tmp")) / "bench_quantize_profile")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {h["input"]: np.ascontiguousarray(h["holdout"][h["input"]][:batch])}
+    for _ in range(runs):
+        session.run(None, feed)
+    path = session.end_profiling()
+    events = json.loads(Path(path).read_text())
+    Path(path).unlink()
+    per_op: collections.Counter[str] = collections.Counter()
+    floats: set[str] = set()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            per_op[op] += e["dur"] / runs / 1000
+            types = [next(iter(t)) for t in e["args"].get("output_type_shape", [])]
+            if "float" in types and op not in QUANT_OPS:
+                floats.add(op)
+    total = sum(per_op.values())
+    return {"total": total, "ops": per_op.most_common(6), "float_ops": sorted(floats)}
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def section(results: list[dict[str, Any]], threads: int, rounds: int, wall: float) -> str:
+    lines = [
+        "## int8 against float32 (scripts/bench/bench_quantize.py)",
+        "",
+        f"Machine: {_report.machine_line()}, AVX-512 VNNI; onnxruntime {_ort_version()}, {threads} threads. "
+        f"Each variant made with `ox.quantize` (gate threshold 0 so that every variant is shown), "
+        f"milliseconds per batch: medians over {rounds} rounds of blocks, the float32 merged model in the "
+        f"same rounds; ratio = float32 merged / variant. {_load_line()} Run took {wall:.0f} s.",
+    ]
+    for r in results:
+        h, m, v = r["hybrid"], r["medians"], r["variants"]
+        lines += [
+            "",
+            f"### {h['label']}",
+            "",
+            f"Top-1 against the native chain on {h['holdout_text']}.",
+            "",
+            "| variant | top-1 vs native | "
+            + ("accuracy | " if h["labels"] is not None else "")
+            + " | ".join(f"batch {b} ms (×)" for b in BATCHES)
+            + " |",
+            "| --- | ---: | "
+            + ("---: | " if h["labels"] is not None else "")
+            + " | ".join("---:" for _ in BATCHES)
+            + " |",
+        ]
+        for name, label, _, _ in VARIANTS:
+            cells = [f"{m[b][name]:.3f} ({m[b]['fp32'] / m[b][name]:.2f}×)" for b in BATCHES]
+            acc = f"{v[name]['accuracy']:.2%} | " if h["labels"] is not None else ""
+            lines.append(f"| {label} | {v[name]['agree']:.2%} | {acc}" + " | ".join(cells) + " |")
+        p32, p8 = r["profile_fp32"], r["profile_int8"]
+        lines += [
+            "",
+            f"Profile at batch 64 (kernel time per run): float32 {p32['total']:.2f} ms — "
+            + ", ".join(f"{op} {ms:.2f}" for op, ms in p32["ops"])
+            + f"; int8 defaults {p8['total']:.2f} ms — "
+            + ", ".join(f"{op} {ms:.2f}" for op, ms in p8["ops"])
+            + f". Ops still computing in float in the int8 graph: {', '.join(p8['float_ops']) or 'none'}.",
+        ]
+    digits = next((r for r in results if r["hybrid"]["labels"] is not None), None)
+    if digits is not None:
+        m, v = digits["medians"], digits["variants"]
+        lines += [
+            "",
+            "| target (issue 13, digits hybrid, defaults) | measured | met |",
+            "| --- | --- | --- |",
+        ]
+        for text, value, need in (
+            ("≥ 2.5× faster than float32 at batch 64", m[64]["fp32"] / m[64]["int8"], 2.5),
+            ("≥ 1.5× faster than float32 at batch 1", m[1]["fp32"] / m[1]["int8"], 1.5),
+            ("≥ 99 % top-1 agreement with the native chain (360 test images)", v["int8"]["agree"], 0.99),
+        ):
+            shown = f"{value:.2%}" if need < 1 else f"{value:.2f}×"
+            lines.append(f"| {text} | {shown} | {'yes' if value >= need else 'NO'} |")
+    return "\n".join(lines)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def _load_line() -> str:
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return ""
+    busy = load > (os.cpu_count() or 1)
+    return f"Load average (1 min) at the end: {load:.1f}" + (
+        " — the machine was shared and busy, so the ratios are noisy." if busy else "."
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="few rounds (a smoke run)")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--only", choices=("bench", "digits"), default=None)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (2 if args.quick else 5)
+    repeats = {1: 20, 8: 8, 64: 2} if args.quick else {1: 100, 8: 40, 64: 8}
+    started = time.perf_counter()
+    results = []
+    builders = {"digits": digits_hybrid, "bench": bench_hybrid}
+    for key in ("digits", "bench"):
+        if args.only not in (None, key):
+            continue
+        print(f"building the {key} hybrid …", flush=True)
+        h = builders[key](args.threads)
+        h["threads"] = args.threads
+        variants = make_variants(h)
+        medians = measure(variants, h, rounds, repeats)
+        for b in BATCHES:
+            print(
+                f"  batch {b}: "
+                + ", ".join(f"{n} {medians[b]['fp32'] / t:.2f}×" for n, t in medians[b].items()),
+                flush=True,
+            )
+        results.append(
+            {
+                "hybrid": h,
+                "variants": variants,
+                "medians": medians,
+                "profile_fp32": profile(h["model"], h, 64, 20),
+                "profile_int8": profile(variants["int8"]["model"], h, 64, 20),
+            }
+        )
+    text = section(results, args.threads, rounds, time.perf_counter() - started)
+    print(text)
+    if not args.no_write and args.only is None:
+        print(f"wrote {_report.write_section('quantize', text)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
