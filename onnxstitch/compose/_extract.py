@@ -11,7 +11,7 @@ import onnx.shape_inference
 
 from onnxstitch import _meta
 from onnxstitch.compose._graph import rename_node
-from onnxstitch.compose._spec import graph_inputs
+from onnxstitch.compose._spec import graph_inputs, read_spec
 from onnxstitch.compose._versions import walk_nodes
 from onnxstitch.compose._weights import check_merged, weightless
 from onnxstitch.errors import SpecError
@@ -240,8 +240,6 @@ def _vi(
 
 
 def _extract_part(model: onnx.ModelProto, key: str) -> onnx.ModelProto:
-    from onnxstitch.compose._merge import read_spec
-
     spec = read_spec(model)
     parts = [str(k) for k in spec["parts"]]
     if key not in parts:

@@ -1,37 +1,53 @@
 """``merge``, ``chain`` and ``replace``: stitch ONNX parts into one checked ONNX model.
 
-The pipeline (DESIGN.md, "Rules at a seam"), each stage entered once, in this order — see
-``_merge_sources``:
+The pipeline (DESIGN.md, "Rules at a seam"): ``_pipeline`` enters each stage once, in this order,
+and each stage is one function that says whether it changes what it is given (as onnx-ir's passes
+do: ``InPlacePass`` / ``FunctionalPass``; only objects the merge made itself are ever changed):
 
-1. load: the parts (paths through the hardened reader, their weights left on disk);
-2. wiring: links, merged inputs and outputs checked and resolved into a plan (every problem at once);
-3. versions: every part brought to one IR version and one opset per domain;
-4. seams: dtype, rank, dims and layouts checked at every seam (every problem at once);
-5. dims: the dim classes named, the merged outputs' dims filled (the one place dims are decided);
-6. build: the merged graph (scoped names, adapters, functions, weights stored once);
-7. check: the full ONNX checker on a weight-less skeleton;
-8. save: with ``save_to=``, the weights are copied file to file; else they are read into the result.
+1. load (functional): the parts — paths through the hardened reader, their weights left on disk;
+2. wiring (functional): links (``chain``: each part's single output to the next part's single
+   input), merged inputs and outputs checked and resolved into a plan (every problem at once);
+3. versions (in place on the loaded sources, which it empties): every part brought to one IR
+   version and one opset per domain;
+4. seams (functional): dtype, rank, dims and layouts checked at every seam (every problem at once),
+   then the dim classes named (the one place dims are decided);
+5. build (in place on the parts, whose loaded weights it releases): the merged graph (scoped names,
+   adapters, functions, weights stored once) and its recorded wiring;
+6. check (in place on the merged model): the full ONNX checker on a weight-less skeleton, the merged
+   outputs' unknown dims filled from its shape inference; then, only with ``optimize=True``, the
+   optimize stage (functional: a new model, parity re-checked);
+7. save (functional): with ``save_to=``, weights copied file to file; else the result is returned.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import ParamSpec, TypeVar, overload
 
 import onnx
+import onnx.checker
+import onnx.shape_inference
 
 from onnxstitch import _meta
 from onnxstitch.compose import _dims
 from onnxstitch.compose._graph import GraphBuilder, _Weights
 from onnxstitch.compose._seams import SeamChecker, SeamResult
-from onnxstitch.compose._spec import Link, Plan, check_keys, graph_inputs, resolve
+from onnxstitch.compose._spec import Link, Plan, check_keys, graph_inputs, read_spec, resolve
 from onnxstitch.compose._versions import Part, ir_for, make_part, targets_for, tensor_bytes
-from onnxstitch.compose._weights import check_in_memory, check_merged, load_path
+from onnxstitch.compose._weights import (
+    CHECK_INLINE_BYTES,
+    check_in_memory,
+    check_merged,
+    load_path,
+    weightless,
+)
 from onnxstitch.errors import ModelFileError, SeamError, SpecError, VersionError
 from onnxstitch.files import ModelLike
 from onnxstitch.files.external import ExternalStore
@@ -39,9 +55,6 @@ from onnxstitch.files.external import ExternalStore
 __all__ = ["Link", "chain", "merge", "replace"]
 
 log = logging.getLogger(__name__)
-
-#: model metadata key holding the resolved wiring of a merged model (used by ``extract`` and ``replace``)
-SPEC_KEY = _meta.SPEC
 
 _Source = tuple[onnx.ModelProto, bool, Path | None]
 PathLike = str | os.PathLike[str]
@@ -138,18 +151,15 @@ def merge(
         UnsafeModelError: a part's external data leaves its folder (``..``, absolute, symlink, hardlink).
         ValidationError: ``optimize=True`` changed the outputs.
     """
-    store = ExternalStore()
-    sources = _load_all(models, store)
-    return _merge_sources(
-        sources,
+    return _pipeline(
+        models,
         links,
         inputs=inputs,
         outputs=outputs,
         opset=opset,
         optimize=optimize,
-        store=store,
-        save_to=save_to,
         layouts=layouts,
+        save_to=save_to,
     )
 
 
@@ -199,35 +209,15 @@ def chain(
         SpecError: a part (other than the ends) has several inputs or outputs — use ``merge`` with links.
         CycleError, VersionError, SeamError, ModelFileError, ValidationError: as for :func:`merge`.
     """
-    store = ExternalStore()
-    sources = _load_all(models, store)
-    keys = list(sources)
-    problems: list[str] = []
-    links: list[Link] = []
-    for src, dst in itertools.pairwise(keys):
-        outs = [vi.name for vi in sources[src][0].graph.output]
-        ins = [vi.name for vi in graph_inputs(sources[dst][0])]
-        if len(outs) != 1:
-            problems.append(f"part {src!r} has {len(outs)} outputs {outs}; chain needs exactly one")
-        if len(ins) != 1:
-            problems.append(f"part {dst!r} has {len(ins)} inputs {ins}; chain needs exactly one")
-        if len(outs) == 1 and len(ins) == 1:
-            links.append(Link(src, outs[0], dst, ins[0]))
-    if problems:
-        raise SpecError(
-            "cannot chain these parts:\n  " + "\n  ".join(problems),
-            hint='use ox.merge(models, links=["a:out->b:in", ...]) to say which tensors connect',
-        )
-    return _merge_sources(
-        sources,
-        links,
+    return _pipeline(
+        models,
+        None,
         inputs=None,
         outputs=None,
         opset=opset,
         optimize=optimize,
-        store=store,
-        save_to=save_to,
         layouts=layouts,
+        save_to=save_to,
     )
 
 
@@ -271,39 +261,85 @@ def replace(
     if key not in parts:
         raise SpecError(f"merged model has no part {key!r}; its parts are {', '.join(map(repr, parts))}")
     models: dict[str, ModelLike] = {k: (new_part if k == key else extract(model, part=k)) for k in parts}
-    store = ExternalStore()
-    sources = _load_all(models, store)
-    del model, models
+    del model
     opset = spec.get("opset")
-    return _merge_sources(
-        sources,
+    return _pipeline(
+        models,
         [Link(*ln) for ln in spec["links"]],
         inputs={n: [f"{k}:{t}" for k, t in ends] for n, ends in spec["inputs"].items()},
         outputs={n: f"{k}:{t}" for n, (k, t) in spec["outputs"].items()},
         opset=opset if isinstance(opset, int | dict) else None,
         optimize=bool(spec.get("optimize", False)),
-        store=store,
+        layouts=None,
         save_to=save_to,
     )
 
 
-def read_spec(model: onnx.ModelProto) -> dict[str, Any]:
-    """The wiring recorded in a merged model.
+# -- the pipeline -----------------------------------------------------------------------------------
 
-    Raises:
-        SpecError: the model carries no recorded wiring (not built by ``merge``).
+
+def _pipeline(
+    models: Mapping[str, ModelLike],
+    links: Sequence[str | Link] | None,
+    *,
+    inputs: Mapping[str, str | Sequence[str]] | None,
+    outputs: Mapping[str, str] | None,
+    opset: int | Mapping[str, int] | None,
+    optimize: bool,
+    layouts: Mapping[str, str] | None,
+    save_to: PathLike | None,
+) -> onnx.ModelProto | Path:
+    """``merge``'s stages, each entered once, in order; ``links=None``: a chain (``chain``'s wiring)."""
+    store = ExternalStore()
+    sources = _load(models, store)
+    plan = _wiring(sources, links, inputs, outputs)
+    versioned = _versions(sources, opset)
+    seams = _seams(versioned, plan, layouts)
+    stream = save_to is not None and not optimize
+    merged = _build(versioned, plan, seams, store, stream=stream, opset=opset, optimize=optimize)
+    _check(merged, versioned.parts)
+    if optimize:
+        merged = _optimized(merged)
+    if save_to is None:
+        return merged
+    return _save(merged, Path(save_to), store)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _stage(name: str, *, in_place: bool) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """Mark a function as the stage ``name`` of the pipeline (entering it is logged at DEBUG).
+
+    ``in_place``: the stage changes objects it is given (as onnx-ir's ``InPlacePass``; only objects
+    the merge itself made, never the caller's models); otherwise it leaves them alone and returns new
+    ones (``FunctionalPass``).
     """
-    raw = _meta.get_props(model).get(SPEC_KEY)
-    if not raw:
-        raise SpecError("this model was not built by onnxstitch.merge (no recorded parts/wiring)")
-    spec: dict[str, Any] = json.loads(raw)
-    return spec
+
+    def mark(func: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(func)
+        def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            log.debug("merge stage %s (%s)", name, "in place" if in_place else "functional")
+            return func(*args, **kwargs)
+
+        return run
+
+    return mark
 
 
-# -- internals --------------------------------------------------------------------------------------
+@dataclass
+class _Versioned:
+    """The parts brought to one IR version and one opset per domain (what ``versions`` returns)."""
+
+    parts: dict[str, Part]
+    targets: dict[str, int]
+    ir_version: int
 
 
-def _load_all(models: Mapping[str, ModelLike], store: ExternalStore) -> dict[str, _Source]:
+@_stage("load", in_place=False)
+def _load(models: Mapping[str, ModelLike], store: ExternalStore) -> dict[str, _Source]:
+    """Paths through the hardened reader (weights stay on disk, adopted by ``store``); protos checked."""
     if not isinstance(models, Mapping) or not models:
         raise SpecError(
             "merge needs a non-empty mapping {key: model}", hint='ox.merge({"a": a, "b": b}, ...)'
@@ -332,30 +368,70 @@ def _load_all(models: Mapping[str, ModelLike], store: ExternalStore) -> dict[str
     return sources
 
 
-def _merge_sources(
+@_stage("wiring", in_place=False)
+def _wiring(
     sources: Mapping[str, _Source],
-    links: Sequence[str | Link],
-    *,
+    links: Sequence[str | Link] | None,
     inputs: Mapping[str, str | Sequence[str]] | None,
     outputs: Mapping[str, str] | None,
-    opset: int | Mapping[str, int] | None,
-    optimize: bool,
-    store: ExternalStore,
-    save_to: PathLike | None = None,
-    layouts: Mapping[str, str] | None = None,
-) -> onnx.ModelProto | Path:
-    """The pipeline after ``load``: wiring, versions, seams, dims, build, check, save (in this order)."""
+) -> Plan:
+    """Links, merged inputs and outputs checked and resolved into a plan (every problem at once)."""
     ios = {
         k: ([vi.name for vi in graph_inputs(m)], [vi.name for vi in m.graph.output])
         for k, (m, _, _) in sources.items()
     }
-    plan = resolve(ios, links, inputs, outputs)  # wiring
-    targets = targets_for({k: m for k, (m, _, _) in sources.items()}, opset)  # versions
-    parts = _make_parts(sources, targets)
-    owned_ir = [s[0].ir_version for s in sources.values()]
-    if isinstance(sources, dict):
-        sources.clear()  # ours (from _load_all): drop loaded models so their memory can go part by part
-    seams = SeamChecker(  # seams
+    return resolve(ios, _chain_links(ios) if links is None else links, inputs, outputs)
+
+
+def _chain_links(ios: Mapping[str, tuple[list[str], list[str]]]) -> list[Link]:
+    """Each part's single output feeds the next part's single input."""
+    problems: list[str] = []
+    links: list[Link] = []
+    for src, dst in itertools.pairwise(ios):
+        outs, ins = ios[src][1], ios[dst][0]
+        if len(outs) != 1:
+            problems.append(f"part {src!r} has {len(outs)} outputs {outs}; chain needs exactly one")
+        if len(ins) != 1:
+            problems.append(f"part {dst!r} has {len(ins)} inputs {ins}; chain needs exactly one")
+        if len(outs) == 1 and len(ins) == 1:
+            links.append(Link(src, outs[0], dst, ins[0]))
+    if problems:
+        raise SpecError(
+            "cannot chain these parts:\n  " + "\n  ".join(problems),
+            hint='use ox.merge(models, links=["a:out->b:in", ...]) to say which tensors connect',
+        )
+    return links
+
+
+@_stage("versions", in_place=True)
+def _versions(sources: dict[str, _Source], opset: int | Mapping[str, int] | None) -> _Versioned:
+    """Every part converted to the target opsets and IR version (the given models are not touched).
+
+    In place on ``sources`` (the merge's own mapping): it is emptied, so that a loaded part's memory
+    can go as soon as its weights are stored.
+    """
+    targets = targets_for({k: m for k, (m, _, _) in sources.items()}, opset)
+    ir_version = ir_for(targets, [m.ir_version for m, _, _ in sources.values()])
+    parts: dict[str, Part] = {}
+    problems: list[VersionError] = []
+    for key, (model, owned, folder) in sources.items():
+        try:
+            parts[key] = make_part(key, model, owned, targets, folder)
+        except VersionError as exc:
+            problems.append(exc)
+    sources.clear()
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise VersionError("several parts cannot be converted:\n  " + "\n  ".join(str(p) for p in problems))
+    return _Versioned(parts, targets, ir_version)
+
+
+@_stage("seams", in_place=False)
+def _seams(versioned: _Versioned, plan: Plan, layouts: Mapping[str, str] | None) -> SeamResult:
+    """Dtype, rank, dims and layouts at every seam (every problem at once); the dim classes named."""
+    parts = versioned.parts
+    seams = SeamChecker(
         {k: p.model for k, p in parts.items()}, {k: p.source for k, p in parts.items()}, layouts
     ).check(plan)
     if seams.problems:
@@ -367,27 +443,79 @@ def _merge_sources(
             if any("ox.adapters." in p for p in seams.problems)
             else "no adapter fits: fix the part that produces or takes the tensor so their dims agree",
         )
-    _name_dims(parts, plan, seams)  # dims: the classes are named before the build uses them
-    ir_version = ir_for(targets, owned_ir)
-    stream = save_to is not None and not optimize
+    _name_dims(parts, plan, seams)
+    return seams
+
+
+@_stage("build", in_place=True)
+def _build(
+    versioned: _Versioned,
+    plan: Plan,
+    seams: SeamResult,
+    store: ExternalStore,
+    *,
+    stream: bool,
+    opset: int | Mapping[str, int] | None,
+    optimize: bool,
+) -> onnx.ModelProto:
+    """The merged graph (scoped names, adapters, functions, weights stored once) and its metadata.
+
+    In place only on the parts: a loaded part's weights are released once stored. With ``stream``,
+    weights still on disk stay there (copied file to file by ``save``); else the result is
+    self-contained: nothing in it points at a part's files.
+    """
+    parts = versioned.parts
     weights = _Weights(onnx.GraphProto(), store, stream=stream)
-    builder = GraphBuilder(parts, plan, seams.adapters, seams.dims, ir_version, targets, weights)  # build
+    builder = GraphBuilder(
+        parts, plan, seams.adapters, seams.dims, versioned.ir_version, versioned.targets, weights
+    )
     merged = builder.build(list(parts))
     if not stream:
-        store.inline(merged)  # the result is self-contained: nothing in it points at a part's files
+        store.inline(merged)
     _record_spec(merged, plan, parts, builder, list(parts), opset=opset, optimize=optimize)
     seams.record_declared(merged, plan)
     if builder.weights.shared:
         log.info("%d identical initializer(s) stored once", builder.weights.shared)
-    _check(merged, parts)  # check
-    _fill_output_dims(merged)  # dims: the merged outputs' unknown dims, from shape inference
-    if optimize:
-        merged = _optimized(merged)
-    if save_to is None:
-        return merged
-    return _save(merged, Path(save_to), store)  # save
+    return merged
 
 
+@_stage("check", in_place=True)
+def _check(merged: onnx.ModelProto, parts: Mapping[str, Part]) -> None:
+    """The full checker on a weight-less skeleton; then the merged outputs' unknown dims filled in place.
+
+    When an output has unknown dims, the checker's own strict shape inference is run by hand (
+    ``check_model(full_check=True)`` is the plain check followed by exactly that inference) and its
+    result fills them: one inference either way. Blames an invalid part, else reports what the seam
+    checks could not see.
+    """
+    unknown = any(
+        not d.HasField("dim_value") and not d.dim_param
+        for out in merged.graph.output
+        for d in out.type.tensor_type.shape.dim
+    )
+    skeleton = weightless(merged, inline_limit=CHECK_INLINE_BYTES)
+    try:
+        if unknown:
+            onnx.checker.check_model(skeleton)
+            inferred = onnx.shape_inference.infer_shapes(skeleton, check_type=True, strict_mode=True)
+        else:
+            onnx.checker.check_model(skeleton, full_check=True)
+    except Exception as exc:  # onnx's ValidationError / InferenceError
+        for key, part in parts.items():
+            try:
+                check_merged(part.model)
+            except Exception as part_exc:
+                raise ModelFileError(f"part {key!r} is not a valid ONNX model: {part_exc}") from part_exc
+        raise SeamError(
+            f"the merged model fails the ONNX checker: {exc}",
+            problems=[str(exc)],
+            hint="a seam whose shapes are not declared may disagree; check the parts' output shapes",
+        ) from exc
+    if unknown:
+        _fill_output_dims(merged, {vi.name: vi for vi in inferred.graph.output})
+
+
+@_stage("save", in_place=False)
 def _save(merged: onnx.ModelProto, path: Path, store: ExternalStore) -> Path:
     """Write the merged model; tensors still on disk are copied file to file (``ox.save``'s rules)."""
     from onnxstitch.files import manifest
@@ -402,19 +530,7 @@ def _save(merged: onnx.ModelProto, path: Path, store: ExternalStore) -> Path:
     return path
 
 
-def _make_parts(sources: Mapping[str, _Source], targets: Mapping[str, int]) -> dict[str, Part]:
-    parts: dict[str, Part] = {}
-    problems: list[VersionError] = []
-    for key, (model, owned, folder) in sources.items():
-        try:
-            parts[key] = make_part(key, model, owned, targets, folder)
-        except VersionError as exc:
-            problems.append(exc)
-    if len(problems) == 1:
-        raise problems[0]
-    if problems:
-        raise VersionError("several parts cannot be converted:\n  " + "\n  ".join(str(p) for p in problems))
-    return parts
+# -- pieces of the stages ---------------------------------------------------------------------------
 
 
 def _name_dims(parts: Mapping[str, Part], plan: Plan, seams: SeamResult) -> None:
@@ -471,45 +587,17 @@ def _record_spec(
         "opset": dict(opset) if isinstance(opset, Mapping) else opset,
         "optimize": optimize,
     }
-    _meta.set_prop(merged, SPEC_KEY, json.dumps(spec))
+    _meta.set_prop(merged, _meta.SPEC, json.dumps(spec))
 
 
-def _check(merged: onnx.ModelProto, parts: Mapping[str, Part]) -> None:
-    """Run the full checker; blame an invalid part, else report what our seam checks could not see."""
-    try:
-        check_merged(merged)
-    except Exception as exc:  # onnx's ValidationError / InferenceError
-        for key, part in parts.items():
-            try:
-                check_merged(part.model)
-            except Exception as part_exc:
-                raise ModelFileError(f"part {key!r} is not a valid ONNX model: {part_exc}") from part_exc
-        raise SeamError(
-            f"the merged model fails the ONNX checker: {exc}",
-            problems=[str(exc)],
-            hint="a seam whose shapes are not declared may disagree; check the parts' output shapes",
-        ) from exc
-
-
-def _fill_output_dims(merged: onnx.ModelProto) -> None:
+def _fill_output_dims(merged: onnx.ModelProto, inferred: Mapping[str, onnx.ValueInfoProto]) -> None:
     """Give the merged outputs' unknown dims what shape inference knows (e.g. after an adapter).
 
-    Only dims with neither a value nor a symbol are filled; declared dims are never changed. Runs on
-    a weight-less skeleton, so the weights are not copied.
+    Only dims with neither a value nor a symbol are filled; declared dims are never changed.
     """
-    from onnxstitch.compose._extract import _typed
-
-    unknown = [
-        out
-        for out in merged.graph.output
-        if any(not d.HasField("dim_value") and not d.dim_param for d in out.type.tensor_type.shape.dim)
-    ]
-    if not unknown:
-        return
-    inferred = _typed(merged)
-    for out in unknown:
+    for out in merged.graph.output:
         known = inferred.get(out.name)
-        if known is None or known is out:
+        if known is None:
             continue
         dims = known.type.tensor_type.shape.dim
         mine = out.type.tensor_type.shape.dim
@@ -523,6 +611,7 @@ def _fill_output_dims(merged: onnx.ModelProto) -> None:
                     d.dim_param = k.dim_param
 
 
+@_stage("optimize", in_place=False)
 def _optimized(merged: onnx.ModelProto) -> onnx.ModelProto:
     """``optimize()`` the merged model; parity is re-checked in onnxruntime below 2 GB."""
     from onnxstitch.compose._optimize import optimize as run_optimize

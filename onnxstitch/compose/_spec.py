@@ -11,12 +11,15 @@ Naming rules (documented in ``merge``):
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx
 
+from onnxstitch import _meta
 from onnxstitch.errors import CycleError, SpecError
 
 LINK_FORM = '"key:tensor->key:tensor", e.g. "backbone:features->head:x"'
@@ -91,6 +94,19 @@ class Plan:
     feeds: dict[tuple[str, str], str] = field(default_factory=dict)
     merged_inputs: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     merged_outputs: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def read_spec(model: onnx.ModelProto) -> dict[str, Any]:
+    """The wiring recorded in a merged model (``extract`` and ``replace`` read it back).
+
+    Raises:
+        SpecError: the model carries no recorded wiring (not built by ``merge``).
+    """
+    raw = _meta.get_props(model).get(_meta.SPEC)
+    if not raw:
+        raise SpecError("this model was not built by onnxstitch.merge (no recorded parts/wiring)")
+    spec: dict[str, Any] = json.loads(raw)
+    return spec
 
 
 def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

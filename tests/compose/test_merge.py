@@ -204,6 +204,22 @@ def test_info_log_for_conversion(caplog):
     assert "part 'a' converted from ai.onnx opset 15 to 20" in caplog.text
 
 
+def _stages(caplog) -> list[str]:
+    return [r.getMessage().split()[2] for r in caplog.records if r.getMessage().startswith("merge stage ")]
+
+
+def test_stages_entered_once_in_order(tmp_path, caplog):
+    """merge reads as its pipeline: load, wiring, versions, seams, build, check, (optimize,) save."""
+    a, b = linear("a", 4, 4, 0, opset=15), linear("b", 4, 2, 1)
+    with caplog.at_level(logging.DEBUG, logger="onnxstitch.compose._merge"):
+        ox.chain({"a": a, "b": b}, save_to=tmp_path / "m.onnx")
+    assert _stages(caplog) == ["load", "wiring", "versions", "seams", "build", "check", "save"]
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="onnxstitch.compose._merge"):
+        ox.merge({"a": a, "b": b}, ["a:y->b:x"], optimize=True)
+    assert _stages(caplog) == ["load", "wiring", "versions", "seams", "build", "check", "optimize"]
+
+
 def test_subgraphs_scoped_and_outer_scope_renamed(rng):
     branchy = parse(
         """
