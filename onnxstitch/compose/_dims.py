@@ -26,6 +26,7 @@ import onnx
 import onnx.helper
 
 from onnxstitch.compose._seams import DimUnifier, TensorType, dim_node
+from onnxstitch.compose._weights import weightless
 
 __all__ = ["BATCH", "interface_dim0", "link_through_part", "name_proven_batch"]
 
@@ -33,8 +34,8 @@ log = logging.getLogger(__name__)
 
 BATCH = "batch"
 _FRESH = "__onnxstitch_dim_{}"
-#: initializers up to this many elements stay in the inference skeleton (shape constants need values)
-_SMALL = 64
+#: initializers up to this many bytes stay in the inference skeleton (shape constants need values)
+_SMALL_BYTES = 512
 
 Node = tuple[str, ...]
 
@@ -153,51 +154,29 @@ def _skeleton(
 ) -> tuple[onnx.ModelProto, dict[str, Node]]:
     """A weight-less copy to infer on, its input symbols fresh; ``{fresh symbol: union-find node}``.
 
-    Every dynamic input dim gets a fresh symbol (a named one: one per part symbol, so two inputs that
-    share ``batch`` still share it); big initializers become typed inputs (no data copied).
+    compose's one skeleton builder (``weightless``: big initializers become typed inputs, no data
+    copied), then: every dynamic input dim gets a fresh symbol (a named one: one per part symbol, so
+    two inputs that share ``batch`` still share it), and the outputs' shapes and the value_info are
+    cleared, so that inference says what the outputs' dims are.
     """
     weights = list(weights)
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
+    skeleton = weightless(model, inline_limit=_SMALL_BYTES, weights=weights)
     graph = skeleton.graph
-    graph.node.extend(model.graph.node)
+    del graph.value_info[:]
+    for vi in graph.output:
+        if vi.type.WhichOneof("value") == "tensor_type":
+            vi.type.tensor_type.ClearField("shape")
     inits = {t.name for t in model.graph.initializer} | {t.name for t in weights}
     symbols: dict[str, Node] = {}
     fresh: dict[Node, str] = {}
-    for vi in model.graph.input:
-        copy = graph.input.add()
-        copy.CopyFrom(vi)
-        if vi.name in inits or copy.type.WhichOneof("value") != "tensor_type":
+    for vi in graph.input:
+        if vi.name in inits or vi.type.WhichOneof("value") != "tensor_type":
             continue
-        for axis, d in enumerate(copy.type.tensor_type.shape.dim):
+        for axis, d in enumerate(vi.type.tensor_type.shape.dim):
             if d.WhichOneof("value") == "dim_value":
                 continue
             node = ("sym", key, d.dim_param) if d.dim_param else ("anon", key, "in", vi.name, str(axis))
             symbol = fresh.setdefault(node, _FRESH.format(len(fresh)))
             d.dim_param = symbol
             symbols[symbol] = node
-    for vi in model.graph.output:
-        copy = graph.output.add()
-        copy.name = vi.name
-        if vi.type.WhichOneof("value") == "tensor_type":
-            copy.type.tensor_type.elem_type = vi.type.tensor_type.elem_type
-        else:
-            copy.type.CopyFrom(vi.type)
-    declared = {vi.name for vi in model.graph.input}
-    for tensor in [*model.graph.initializer, *weights]:
-        small = len(tensor.dims) <= 1 and _elements(tensor) <= _SMALL
-        if small and tensor.data_location != onnx.TensorProto.EXTERNAL:
-            graph.initializer.append(tensor)
-        elif tensor.name not in declared:
-            typed = onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
-            graph.input.append(typed)
     return skeleton, symbols
-
-
-def _elements(tensor: onnx.TensorProto) -> int:
-    count = 1
-    for d in tensor.dims:
-        count *= int(d)
-    return count

@@ -19,8 +19,10 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import onnx
@@ -130,12 +132,16 @@ def inline_copy(tensor: onnx.TensorProto, data: bytes, name: str, into: onnx.Ten
     into.raw_data = data
 
 
-def weightless(model: onnx.ModelProto, *, inline_limit: int = -1) -> onnx.ModelProto:
+def weightless(
+    model: onnx.ModelProto, *, inline_limit: int = -1, weights: Iterable[onnx.TensorProto] = ()
+) -> onnx.ModelProto:
     """A skeleton of ``model`` for the checker and shape inference: its initializers as typed inputs.
 
     Initializers of at most ``inline_limit`` bytes (and not external) stay; the others become graph
-    inputs of the same type and shape, so the skeleton is small whatever the weights weigh. The one
-    skeleton builder of compose's checks (the merged model's, ``extract``'s types).
+    inputs of the same type and shape, so the skeleton is small whatever the weights weigh.
+    ``weights``: initializers of the model kept out of it (a part's big ones), treated the same. The
+    one skeleton builder of compose's checks and inference (the merged model's check, ``extract``'s
+    types, the dims through a part).
     """
     skeleton = onnx.ModelProto()
     for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
@@ -147,7 +153,7 @@ def weightless(model: onnx.ModelProto, *, inline_limit: int = -1) -> onnx.ModelP
     for name in ("node", "input", "output", "value_info", "sparse_initializer"):
         getattr(graph, name).extend(getattr(src, name))
     declared = {vi.name for vi in src.input}
-    for tensor in src.initializer:
+    for tensor in itertools.chain(src.initializer, weights):
         if not is_external(tensor) and tensor_bytes(tensor) <= inline_limit:
             graph.initializer.append(tensor)
         elif tensor.name not in declared:
