@@ -14,8 +14,9 @@
 2. Chains of 10, 20 and 50 parts of ~200 nodes each are merged; the median time of several runs is
    reported with the time per part (linear growth: a flat time per part).
 
-Usage: ``python3 scripts/bench/bench_merge.py [--quick]`` (``--quick``: ~134 MB parts, fewer repeats;
-the docs report the full run). Writes the "merge" section of docs/benchmarks.md.
+Usage: ``python3 scripts/bench/bench_merge.py [--quick | --scaling-only]`` (``--quick``: ~134 MB
+parts, fewer repeats; the docs report the full run). Writes the "merge" section of
+docs/benchmarks.md; ``--scaling-only`` runs only item 2 and prints it (nothing written).
 """
 
 from __future__ import annotations
@@ -193,7 +194,14 @@ _LABELS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="~134 MB parts and fewer repeats")
+    parser.add_argument(
+        "--scaling-only", action="store_true", help="only the merge time of 10/20/50 parts; nothing written"
+    )
     args = parser.parse_args()
+    if args.scaling_only:
+        rows = bench_scaling([10, 20, 50], repeats=5)
+        print(json.dumps({"scaling": rows, "load_average": os.getloadavg()[0]}, indent=2))
+        return
     n_weights = 2 if args.quick else 18  # 18 x 64 MiB = 1.2 GB per part
     with tempfile.TemporaryDirectory(prefix="bench_merge_") as tmp:
         big = bench_big(Path(tmp), n_weights)
