@@ -58,7 +58,7 @@ def to_fp16(
 
     The gate is ``quantize``'s: the float16 model against the float32 model (and ``reference``)
     on ``holdout`` (default: seeded random inputs at batch 8 and 32); classifier-like outputs by
-    top-1 agreement, the others within ``rtol * max|expected|`` per sample. It runs on the CPU,
+    top-1 agreement, the others by the share of samples within ``rtol * max|expected|``. It runs on the CPU,
     where onnxruntime runs float16 graphs too (the CPU tests prove the graph right without a GPU).
 
     Args:
@@ -69,7 +69,7 @@ def to_fp16(
         holdout: samples to judge on, in any form ``quantize``'s calibration takes.
         reference: the native chain, called as ``ox.verify`` calls it.
         min_agreement: the lowest share of agreeing samples accepted, per output and comparison.
-        rtol: tolerance of non-classifier outputs, relative to each sample's ``max|expected|``.
+        rtol: tolerance of non-classifier outputs, relative to the output's ``max|expected|``.
 
     Returns:
         A new ``ModelProto``: node provenance kept, ``onnxstitch.precision`` recorded.

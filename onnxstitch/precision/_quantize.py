@@ -217,7 +217,7 @@ def quantize(
             arrays in graph order).
         holdout: the samples to judge on, in any form ``calibration`` takes.
         min_agreement: the lowest share of agreeing samples accepted, per output and comparison.
-        rtol: tolerance of non-classifier outputs, relative to each sample's ``max|expected|``.
+        rtol: tolerance of non-classifier outputs, relative to the output's ``max|expected|``.
         format: ``"qdq"`` or ``"qoperator"``.
         per_channel: one scale per output channel of each weight.
         reduce_range: 7-bit weights (for CPUs without VNNI).

@@ -128,7 +128,12 @@ def test_every_calibration_form_gives_the_same_model(hybrid: Hybrid, tmp_path: P
         tmp_path / "npz",
     ]
     x = images(8, 5)
-    outputs = [_run(ox.quantize(hybrid.model, form, holdout=hold, min_agreement=0.9), x) for form in forms]
+    calls: list[tuple[int, int]] = []
+    outputs = [
+        _run(ox.quantize(hybrid.model, form, holdout=hold, progress=lambda d, t: calls.append((d, t))), x)
+        for form in forms
+    ]
+    assert calls[:3] == [(1, 3), (2, 3), (3, 3)]  # one call per calibration batch (16 samples each)
     for out in outputs[1:]:
         np.testing.assert_array_equal(out, outputs[0])
 
@@ -146,10 +151,10 @@ def test_bad_calibration_names_the_tensor(hybrid: Hybrid) -> None:
         ox.quantize(hybrid.model, {hybrid.input: images(8, 0)}, parts={"head": "int4"})
 
 
-def _mlp(hidden: int, *, names: bool) -> onnx.ModelProto:
+def _mlp(hidden: int, *, names: bool, out: int = 10) -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     w1 = (rng.standard_normal((hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
-    w2 = rng.standard_normal((hidden, 10)).astype(np.float32)
+    w2 = rng.standard_normal((hidden, out)).astype(np.float32)
     nodes = [
         helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1" if names else ""),
         helper.make_node("Relu", ["h"], ["r"], name="relu" if names else ""),
@@ -159,7 +164,7 @@ def _mlp(hidden: int, *, names: bool) -> onnx.ModelProto:
         nodes,
         "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", hidden])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out])],
         initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
@@ -177,3 +182,17 @@ def test_matmul_parts_get_dynamic_int8_and_unnamed_nodes_are_handled(tmp_path: P
     small = ox.quantize(_mlp(64, names=True), {"x": x[:, :64]})
     assert part_precisions(small) == {"model": "fp32"}
     assert not {n.op_type for n in small.graph.node} & QUANT_OPS
+
+
+def test_a_regression_output_is_judged_within_rtol() -> None:
+    model = _mlp(512, names=True, out=1)
+    x = np.random.default_rng(2).standard_normal((40, 512)).astype(np.float32)
+    q = ox.quantize(model, {"x": x}, parts={"model": "int8-dynamic"}, rtol=0.05)
+    report = PrecisionReport.from_dict(read_precision(q) or {})
+    (row,) = report.rows
+    assert row.metric == "within rtol 0.05" and row.samples == 10  # 1 sample in 4 held out
+    assert report.holdout == "10 of 40 calibration samples held out (1 in 4)"
+    assert row.passed and 0 < row.max_rel <= 0.05
+    with pytest.raises(PrecisionError) as caught:
+        ox.quantize(model, {"x": x}, parts={"model": "int8-dynamic"}, rtol=1e-6)
+    assert caught.value.attribution.keys() == {"model"} and "within rtol 1e-06" in str(caught.value)
