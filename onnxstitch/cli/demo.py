@@ -79,22 +79,38 @@ def _summary(result: DemoResult) -> Any:
         f"4. Checked it against the two frameworks run one after the other: same predicted digit on "
         f"[bold]{result.same_predictions}/{result.n_test}[/] test images, largest logit difference "
         f"{result.max_abs_error:.1e}.\n"
-        f"5. Timed both and wrote a Triton model repository, a report and a plot."
+        f"{_int8_step(result)}"
+        f"{6 if result.int8_accuracy is not None else 5}. Timed them and wrote a Triton model repository, "
+        "a report and a plot."
     )
+    int8 = result.int8_accuracy is not None
     table = Table(box=None, padding=(0, 2))
     table.add_column("", no_wrap=True)
     table.add_column(f"native\n{first} → {second}", justify="right", no_wrap=True)
     table.add_column("merged\nONNX model", justify="right", no_wrap=True)
     table.add_column("", justify="right", no_wrap=True)  # the speed-up, apart: the numbers line up
+    if int8:
+        table.add_column("int8\nmerged", justify="right", no_wrap=True)
+        table.add_column("", justify="right", no_wrap=True)
     table.add_row(
-        "test accuracy", f"{100 * result.native_accuracy:.2f} %", f"{100 * result.merged_accuracy:.2f} %", ""
+        "test accuracy",
+        f"{100 * result.native_accuracy:.2f} %",
+        f"{100 * result.merged_accuracy:.2f} %",
+        "",
+        *([f"{100 * (result.int8_accuracy or 0.0):.2f} %", ""] if int8 else []),
     )
     for row in result.latency:
+        speedup = row.int8_speedup
         table.add_row(
             f"latency, batch {row.batch}",
             f"{row.native_ms:.2f} ms",
             f"{row.merged_ms:.2f} ms",
             f"[green]({row.speedup:.1f}× faster)[/]",
+            *(
+                [f"{row.int8_ms:.2f} ms", f"[green]({speedup:.1f}× vs merged)[/]"]
+                if int8 and row.int8_ms is not None and speedup is not None
+                else ([] if not int8 else ["", ""])
+            ),
         )
     contended = [r for r in result.latency if r.native_ms > 2 * r.parts_ms]
     note = (
@@ -113,6 +129,8 @@ def _summary(result: DemoResult) -> Any:
         (result.files["plot"], "latency bars and the confusion matrix"),
     ):
         files.add_row(str(path), what)
+    if "model_int8" in result.files:
+        files.add_row(str(result.files["model_int8"]), "the int8 merged model (ox.quantize, gate passed)")
     nxt = (
         f"onnxstitch inspect {out / 'hybrid.onnx'}\n"
         f"onnxstitch serve {out / 'hybrid.onnx'}   # a KServe v2 server that tritonclient talks to\n"
@@ -123,6 +141,22 @@ def _summary(result: DemoResult) -> Any:
         Group(story, "", table, *[note][: bool(note)], "", "[bold]Files[/]", files, "", "[bold]Next[/]", nxt),
         title=title,
         expand=False,
+    )
+
+
+def _int8_step(result: DemoResult) -> str:
+    """Step 5 of the story: what ox.quantize made of the merged model ("" when it did not run)."""
+    if result.int8_accuracy is None:
+        return ""
+    quantized = ", ".join(f"{p} {v}" for p, v in result.int8_parts.items())
+    verdict = (
+        "passed its accuracy gate"
+        if result.int8_passed
+        else "[bold]refused by its accuracy gate[/] (not written)"
+    )
+    return (
+        f"5. Quantized it to int8 with ox.quantize ({quantized}): same digit as the native chain on "
+        f"[bold]{result.int8_same_predictions}/{result.n_test}[/] test images, {verdict}.\n"
     )
 
 

@@ -39,10 +39,20 @@ def render_report(result: DemoResult) -> str:
     """The Markdown text of ``report.md``: data, training, accuracy, parity, latency, parts, files."""
     first, second = _names(result)
     fw1, fw2 = _FRAMEWORK[result.first_framework], _FRAMEWORK[result.second_framework]
+    timed_int8 = all(r.int8_ms is not None for r in result.latency) and bool(result.latency)
     lat_rows = "\n".join(
         f"| {r.batch} | {r.native_ms:.3f} | {r.parts_ms:.3f} | {r.merged_ms:.3f} | {r.speedup:.1f}× |"
+        + (f" {r.int8_ms:.3f} | {r.int8_speedup:.1f}× |" if timed_int8 else "")
         for r in result.latency
     )
+    lat_head = (
+        "| batch | native chain (ms) | native parts alone, summed (ms) | merged model (ms) "
+        "| speed-up vs chain |"
+    )
+    lat_rule = "| --- | --- | --- | --- | --- |"
+    if timed_int8:
+        lat_head += " int8 merged model (ms) | int8 speed-up vs merged |"
+        lat_rule += " --- | --- |"
     adapters = (
         "\n".join(f"- `{a}`" for a in result.adapters)
         if result.adapters
@@ -50,6 +60,13 @@ def render_report(result: DemoResult) -> str:
     )
     files = "\n".join(f"- {name}: `{path}`" for name, path in result.files.items())
     seam = "×".join(map(str, result.feature_shape))
+    int8_row, int8_text = _int8_section(result)
+    int8_note = (
+        " The int8 model runs the same graph with int8 kernels where `ox.quantize` put them; the digits"
+        " model is tiny (8×8 images), so they have little time to save here."
+        if timed_int8
+        else ""
+    )
     drawn = result.files.get("picture")
     picture = f"\n![the merged model's parts, seams and adapters]({drawn.name})\n" if drawn else ""
     return f"""# onnxstitch demo: {first} + {second} ({result.flavour})
@@ -70,11 +87,11 @@ Two models trained separately, each in its own framework, shipped as **one** ONN
 | model | accuracy |
 | --- | --- |
 | native chain ({fw1} → {fw2}, in Python) | {_pct(result.native_accuracy)} |
-| merged ONNX model (`hybrid.onnx`, onnxruntime) | {_pct(result.merged_accuracy)} |
+| merged ONNX model (`hybrid.onnx`, onnxruntime) | {_pct(result.merged_accuracy)} |{int8_row}
 
 Predicted classes identical on **{result.same_predictions} / {result.n_test}** test images; largest
 absolute difference of the logits: **{result.max_abs_error:.2e}**.
-
+{int8_text}
 ## Verification (`ox.verify`, the whole test set as one batch)
 
 ```text
@@ -83,8 +100,8 @@ absolute difference of the logits: **{result.max_abs_error:.2e}**.
 
 ## Latency (CPU, {result.threads} thread(s), median of {result.repeats} runs)
 
-| batch | native chain (ms) | native parts alone, summed (ms) | merged model (ms) | speed-up vs chain |
-| --- | --- | --- | --- | --- |
+{lat_head}
+{lat_rule}
 {lat_rows}
 
 The native chain is what a user writes without onnxstitch: the {fw1} forward pass, a hand-off
@@ -93,7 +110,7 @@ through numpy, then the {fw2} forward pass (Keras `predict_on_batch`, PyTorch un
 the hand-off; the chain costs more because two frameworks' thread pools share the cores (their idle
 workers keep spinning after a call). The merged model is one onnxruntime session. These numbers come
 from a demo run on whatever else the machine was doing: `docs/benchmarks.md` has the careful
-measurements.
+measurements.{int8_note}
 
 ## The merged model, part by part
 {picture}
@@ -108,6 +125,31 @@ Adapters inserted automatically at the seam:
 
 {files}
 """
+
+
+def _int8_section(result: DemoResult) -> tuple[str, str]:
+    """The int8 row of the accuracy table and its paragraph with the gate's table ("" without int8)."""
+    if result.int8_accuracy is None:
+        return "", ""
+    quantized = ", ".join(f"{p} {v}" for p, v in result.int8_parts.items()) or "no part"
+    written = result.files.get("model_int8")
+    name = f"`{written.name}`" if written else "not written: refused by the gate"
+    row = f"\n| int8 merged model ({name}; {quantized}) | {_pct(result.int8_accuracy)} |"
+    verdict = (
+        "passed it"
+        if result.int8_passed
+        else "**refused** it, so it is not written (the numbers show what int8 would cost)"
+    )
+    text = f"""
+**int8** (`ox.quantize`, calibrated on training images; {quantized}): predicted class identical to
+the native chain's on **{result.int8_same_predictions} / {result.n_test}** test images. Its accuracy
+gate (top-1 agreement with the float32 model and with the native chain on the test images) {verdict}:
+
+```text
+{result.int8_gate}
+```
+"""
+    return row, text
 
 
 def write_plot(result: DemoResult, path: Path) -> Path:
@@ -138,10 +180,14 @@ def figure(result: DemoResult) -> Any:
     xs = np.arange(len(batches))
     native = [r.native_ms for r in result.latency]
     merged = [r.merged_ms for r in result.latency]
-    bars_n = ax_lat.bar(xs - 0.2, native, 0.4, label="native chain", color="#d62728")
-    bars_m = ax_lat.bar(xs + 0.2, merged, 0.4, label="merged ONNX model", color="#1f77b4")
-    ax_lat.bar_label(bars_n, fmt="%.2f", fontsize=8)
-    ax_lat.bar_label(bars_m, fmt="%.2f", fontsize=8)
+    int8 = [r.int8_ms for r in result.latency]
+    series = [("native chain", native, "#d62728"), ("merged ONNX model", merged, "#1f77b4")]
+    if int8 and all(v is not None for v in int8):
+        series.append(("int8 merged model", [float(v or 0.0) for v in int8], "#2ca02c"))
+    width = 0.8 / len(series)
+    for k, (label, values, colour) in enumerate(series):
+        bars = ax_lat.bar(xs + (k - (len(series) - 1) / 2) * width, values, width, label=label, color=colour)
+        ax_lat.bar_label(bars, fmt="%.2f", fontsize=8)
     ax_lat.set_xticks(xs, [f"batch {b}" for b in batches])
     ax_lat.set_yscale("log")
     ax_lat.set_ylabel("median latency (ms, log scale)")

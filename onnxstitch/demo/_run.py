@@ -1,7 +1,8 @@
 """``run_demo``: a Keras + PyTorch hybrid, trained natively, shipped as one verified ONNX model.
 
 Only the public API is used past training (``import onnxstitch as ox``): ``ox.from_keras``,
-``ox.from_torch``, ``ox.chain``, ``ox.verify``, ``ox.Session``, ``ox.save``, ``ox.deploy_triton``.
+``ox.from_torch``, ``ox.chain``, ``ox.verify``, ``ox.quantize``, ``ox.Session``, ``ox.save``,
+``ox.deploy_triton``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import onnxstitch as ox
 from onnxstitch.demo import DEFAULT_EPOCHS, FLAVOURS
 from onnxstitch.demo._data import Digits, load_digits_split
+from onnxstitch.demo._int8 import Int8Outcome, quantize_merged
 from onnxstitch.demo._report import confusion_matrix, render_report, write_plot
 from onnxstitch.demo._train import NativeParts, setup_frameworks, train_first, train_second
 from onnxstitch.errors import MissingDependencyError, StitchError
@@ -71,25 +73,34 @@ class LatencyRow:
         native_ms: the native chain, first part then second part, as one Python call.
         merged_ms: the merged ONNX model in one onnxruntime session.
         parts_ms: the two native parts each timed alone, added up (no hand-off between frameworks).
+        int8_ms: the int8 merged model (``ox.quantize``) in one onnxruntime session, if it was made.
     """
 
     batch: int
     native_ms: float
     merged_ms: float
     parts_ms: float
+    int8_ms: float | None = None
 
     @property
     def speedup(self) -> float:
         """How many times faster the merged model is than the native chain."""
         return self.native_ms / self.merged_ms
 
+    @property
+    def int8_speedup(self) -> float | None:
+        """How many times faster the int8 merged model is than the float32 one (None without it)."""
+        return None if self.int8_ms is None else self.merged_ms / self.int8_ms
+
 
 @dataclass
 class DemoResult:
     """Everything the demo measured and wrote.
 
-    ``files`` maps a short name (``model``, ``triton``, ``triton_config``, ``plot``, ``report``) to
-    each written path; ``native`` holds the two trained parts in their own frameworks.
+    ``files`` maps a short name (``model``, ``triton``, ``triton_config``, ``plot``, ``report``, and
+    ``model_int8`` when the int8 model passed its gate) to each written path; ``native`` holds the
+    two trained parts in their own frameworks. The ``int8_*`` numbers are those of the merged model
+    quantized by ``ox.quantize`` (``int8_accuracy`` is None when it was not made).
     """
 
     flavour: str
@@ -113,6 +124,11 @@ class DemoResult:
     max_abs_error: float = float("nan")
     verified: bool = False
     verify_table: str = ""
+    int8_parts: dict[str, str] = field(default_factory=dict)
+    int8_accuracy: float | None = None
+    int8_same_predictions: int = 0
+    int8_passed: bool = False
+    int8_gate: str = ""
     latency: list[LatencyRow] = field(default_factory=list)
     summary: str = ""
     adapters: list[str] = field(default_factory=list)
@@ -145,6 +161,7 @@ def stages(flavour: str) -> list[tuple[str, str]]:
         ("convert", "Convert both to ONNX"),
         ("chain", "Chain into one model (ox.chain)"),
         ("verify", "Verify vs native chain (ox.verify)"),
+        ("quantize", "Quantize to int8 (ox.quantize)"),
         ("latency", "Time native chain vs merged"),
         ("write", "Write model, Triton repo, report"),
     ]
@@ -296,9 +313,13 @@ def _accuracy(logits: np.ndarray, data: Digits) -> float:
 
 
 def _test_images(parts: NativeParts, data: Digits) -> np.ndarray:
+    return _in_layout(parts, data.x_test)
+
+
+def _in_layout(parts: NativeParts, images: np.ndarray) -> np.ndarray:
     if parts.input_layout == "NHWC":
-        return data.x_test
-    return np.ascontiguousarray(data.x_test.transpose(0, 3, 1, 2))
+        return images
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
 
 
 def _verify(
@@ -323,7 +344,24 @@ def _verify(
     return session
 
 
-def _latency(result: DemoResult, session: Any, parts: NativeParts, images: np.ndarray) -> None:
+def _quantize(
+    result: DemoResult, merged: Any, parts: NativeParts, images: np.ndarray, data: Digits
+) -> tuple[Int8Outcome, Any]:
+    """The int8 merged model, its test accuracy and agreement with the native chain; its session."""
+    int8 = quantize_merged(merged, parts.predict, result.input_name, _in_layout(parts, data.x_train), images)
+    session = ox.Session(int8.model, device="cpu", threads=result.threads)
+    predicted = session.run({result.input_name: images})[result.output_name].argmax(1)
+    result.int8_parts = int8.parts
+    result.int8_passed = int8.passed
+    result.int8_gate = int8.gate
+    result.int8_accuracy = float((predicted == data.y_test).mean())
+    result.int8_same_predictions = int((predicted == parts.predict(images).argmax(1)).sum())
+    return int8, session
+
+
+def _latency(
+    result: DemoResult, session: Any, parts: NativeParts, images: np.ndarray, int8_session: Any = None
+) -> None:
     for batch in BATCH_SIZES:
         x = np.ascontiguousarray(images[:batch])
         feats = parts.run_first(x)
@@ -332,7 +370,10 @@ def _latency(result: DemoResult, session: Any, parts: NativeParts, images: np.nd
         second_ms = _median_ms(partial(parts.run_second, feats), result.repeats)
         native_ms = _median_ms(partial(parts.predict, x), result.repeats)
         merged_ms = _median_ms(partial(session.run, feeds), result.repeats)
-        result.latency.append(LatencyRow(batch, native_ms, merged_ms, first_ms + second_ms))
+        int8_ms = (
+            None if int8_session is None else _median_ms(partial(int8_session.run, feeds), result.repeats)
+        )
+        result.latency.append(LatencyRow(batch, native_ms, merged_ms, first_ms + second_ms, int8_ms))
 
 
 def _part_summary(merged: Any, frameworks: dict[str, str]) -> tuple[str, list[str]]:
@@ -364,9 +405,14 @@ def _write_picture(merged: Any, path: Path) -> Path:
     return draw(part_graph(merged), path, title="hybrid.onnx: parts, seams and adapters")
 
 
-def _write(result: DemoResult, merged: Any, out: Path) -> None:
+def _write(result: DemoResult, merged: Any, out: Path, int8: Int8Outcome | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result.files["model"] = ox.save(merged, out / "hybrid.onnx")
+    stale = out / "hybrid.int8.onnx"
+    if int8 is not None and int8.passed:  # a model the gate refused is not handed over
+        result.files["model_int8"] = ox.save(int8.model, stale)
+    elif stale.exists():
+        stale.unlink()  # from an earlier demo run: it is not this run's model
     deployment = ox.deploy_triton(merged, out / "triton", name="hybrid", force=True)
     result.files["triton"] = deployment.model_dir
     result.files["triton_config"] = deployment.config_path
@@ -392,8 +438,10 @@ def run_demo(
     in PyTorch on the backbone's features. ``torch-keras``: a PyTorch conv trunk (NCHW) trained in
     PyTorch, then a Keras conv head (NHWC) trained in Keras on the trunk's (transposed) features; the
     merged model gets the layout adapter (a Transpose) from ``ox.chain``. Both parts are converted
-    and chained, the merged model is verified against the native chain on the whole test set, both
-    are timed at batch 1 and 64, and ``hybrid.onnx``, a Triton repository (``triton/hybrid``),
+    and chained, the merged model is verified against the native chain on the whole test set, then
+    quantized to int8 by ``ox.quantize`` (calibrated on training images, gated on the test images
+    against the native chain), all three are timed at batch 1 and 64, and ``hybrid.onnx``
+    (``hybrid.int8.onnx`` when the gate passed it), a Triton repository (``triton/hybrid``),
     ``report.md`` and ``demo.png`` are written to ``out_dir`` (earlier demo files there are replaced).
 
     Args:
@@ -460,12 +508,19 @@ def run_demo(
         session = _verify(result, merged, parts, images, data.y_test)
         outcome.append(f"{result.same_predictions}/{result.n_test} same")
         outcome.append(f"max err {result.max_abs_error:.1e}")
+    with st.run("quantize") as outcome:
+        int8, int8_session = _quantize(result, merged, parts, images, data)
+        outcome.append(
+            " · ".join(f"{p} {v}" for p, v in result.int8_parts.items() if v != "fp32") or "all fp32"
+        )
+        outcome.append(f"{result.int8_same_predictions}/{result.n_test} same")
+        outcome.append("gate passed" if result.int8_passed else "refused by the gate")
     with st.run("latency", total=len(BATCH_SIZES)) as outcome:
-        _latency(result, session, parts, images)
+        _latency(result, session, parts, images, int8_session)
         speedups = " / ".join(f"{r.speedup:.1f}×" for r in result.latency)
         batches = " / ".join(str(r.batch) for r in result.latency)
         outcome.append(f"merged {speedups} faster (batch {batches})")
     with st.run("write") as outcome:
-        _write(result, merged, Path(out_dir))
+        _write(result, merged, Path(out_dir), int8)
         outcome.append(f"{out_dir}{os.sep}")
     return result

@@ -52,14 +52,17 @@ def _parse_config(path: Path) -> model_config_pb2.ModelConfig:
 def test_files_written(keras_torch) -> None:  # type: ignore[no-untyped-def]
     result, _, out = keras_torch
     assert result.out_dir == out
+    int8 = {"model_int8": out / "hybrid.int8.onnx"} if result.int8_passed else {}
     assert result.files == {
         "model": out / "hybrid.onnx",
+        **int8,
         "triton": out / "triton" / "hybrid",
         "triton_config": out / "triton" / "hybrid" / "config.pbtxt",
         "plot": out / "demo.png",
         "picture": out / "parts.svg",
         "report": out / "report.md",
     }
+    assert (out / "hybrid.int8.onnx").is_file() == result.int8_passed
     assert (out / "triton" / "hybrid" / "1" / "model.onnx").is_file()
     assert (out / "demo.png").read_bytes()[:8] == PNG_MAGIC
     assert (out / "demo.png").stat().st_size > 10_000
@@ -93,9 +96,42 @@ def test_numbers(keras_torch, digits) -> None:  # type: ignore[no-untyped-def]
     assert np.trace(result.confusion) == round(result.merged_accuracy * 360)
     assert [r.batch for r in result.latency] == [1, 64]
     assert all(r.native_ms > 0 and r.merged_ms > 0 and r.parts_ms > 0 for r in result.latency)
+    assert all(r.int8_ms is not None and r.int8_ms > 0 for r in result.latency)
     assert (result.threads, result.repeats, result.epochs, result.seed) == (2, 3, 2, 0)
     assert result.adapters == []  # a flat feature vector needs no layout adapter
     assert result.input_layout == "NHWC" and result.feature_shape == (64,)
+
+
+def test_int8_row(keras_torch, digits) -> None:  # type: ignore[no-untyped-def]
+    """ox.quantize made the conv backbone int8 and kept the small torch head float32 (what pays);
+    the numbers are the int8 model's own, recomputed here from the model."""
+    from onnxstitch.demo._int8 import quantize_merged
+    from onnxstitch.precision import part_precisions
+
+    result, _, out = keras_torch
+    assert result.int8_parts == {"backbone": "int8", "head": "fp32"}
+    assert result.int8_accuracy is not None and result.int8_accuracy > 0.5
+    assert 0.9 * 360 <= result.int8_same_predictions <= 360
+    assert (
+        "precision gate (backbone: int8, head: fp32)" in result.int8_gate
+    ) and "native" in result.int8_gate
+    if result.int8_passed:
+        model = ox.load(out / "hybrid.int8.onnx")
+    else:  # refused: not written; the demo measured the model ox.quantize makes without the gate
+        train = digits.x_train
+        model = quantize_merged(
+            ox.load(out / "hybrid.onnx"), result.native.predict, "image", train, digits.x_test
+        ).model
+    assert part_precisions(model) == result.int8_parts
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    predicted = ox.Session(model, device="cpu").run({"image": digits.x_test})["logits"].argmax(1)
+    assert result.int8_accuracy == float((predicted == digits.y_test).mean())
+    assert result.int8_same_predictions == int(
+        (predicted == result.native.predict(digits.x_test).argmax(1)).sum()
+    )
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert f"{100 * result.int8_accuracy:.2f} %" in text and "int8 merged model (ms)" in text
+    assert f"**{result.int8_same_predictions} / 360**" in text and result.int8_gate in text
 
 
 def test_triton_config_parses(keras_torch) -> None:  # type: ignore[no-untyped-def]
@@ -386,3 +422,42 @@ def test_plot_titles_fit_in_the_figure(tmp_path: Path) -> None:
         assert box.x0 >= 0 and box.x1 <= fig.bbox.x1, title.get_text()
         assert box.y0 >= 0 and box.y1 <= fig.bbox.y1, title.get_text()
     assert write_plot(result, tmp_path / "demo.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_int8_in_summary_report_and_plot(tmp_path: Path, passed: bool) -> None:
+    from rich.console import Console
+
+    from onnxstitch.cli.demo import _summary
+    from onnxstitch.demo import LatencyRow
+    from onnxstitch.demo._report import figure, render_report
+
+    result = _synthetic_result(tmp_path, native_ms=60.0)
+    result.latency = [LatencyRow(1, 0.5, 0.05, 0.4, 0.04), LatencyRow(64, 60.0, 0.6, 1.5, 0.25)]
+    result.int8_parts = {"trunk": "int8", "head": "int8"}
+    result.int8_accuracy = 0.9472
+    result.int8_same_predictions = 357
+    result.int8_passed = passed
+    result.int8_gate = "precision gate (trunk: int8, head: int8): (table)"
+    if passed:
+        result.files["model_int8"] = tmp_path / "hybrid.int8.onnx"
+    text = render_report(result)
+    assert "| 64 | 60.000 | 1.500 | 0.600 | 100.0× | 0.250 | 2.4× |" in text
+    assert "| int8 merged model (ms) | int8 speed-up vs merged |" in text
+    name = "`hybrid.int8.onnx`" if passed else "not written: refused by the gate"
+    assert f"| int8 merged model ({name}; trunk int8, head int8) | 94.72 % |" in text
+    assert "**357 / 360**" in text and result.int8_gate in text
+    assert ("**refused** it" in text) == (not passed)
+    console = Console(record=True, width=200)
+    console.print(_summary(result))
+    summary = console.export_text()
+    assert "5. Quantized it to int8 with ox.quantize (trunk int8, head int8)" in summary
+    assert "357/360" in summary and "94.72 %" in summary and "(2.4× vs merged)" in summary
+    assert ("refused by its accuracy gate" in summary) == (not passed)
+    assert ("hybrid.int8.onnx" in summary) == passed
+    fig = figure(result)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "native chain",
+        "merged ONNX model",
+        "int8 merged model",
+    ]
