@@ -44,6 +44,9 @@ def quantize_command(
     per_channel: Annotated[bool, typer.Option(help="One scale per output channel of each weight.")] = True,
     reduce_range: Annotated[bool, typer.Option(help="7-bit weights (CPUs without VNNI).")] = False,
     method: Annotated[str, typer.Option(help="Calibration: minmax, entropy or percentile.")] = "minmax",
+    min_conv_channels: Annotated[
+        int, typer.Option(min=0, help="Convolutions with fewer input channels stay float32 (0: none).")
+    ] = 4,
     json_out: Annotated[bool, typer.Option("--json", help="Print the gate's report as JSON.")] = False,
 ) -> None:
     """Quantize to int8 (static, per part), check it against the float32 model, write it.
@@ -71,6 +74,7 @@ def quantize_command(
                 per_channel=per_channel,
                 reduce_range=reduce_range,
                 calibrate_method=method,
+                min_conv_channels=min_conv_channels,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
     save(result, output)

@@ -35,7 +35,13 @@ BATCHES = (1, 8, 64)
 # (name, label, ox.quantize options or None for float32, session optimization level)
 VARIANTS: tuple[tuple[str, str, dict[str, Any] | None, str], ...] = (
     ("fp32", "float32 merged", None, "all"),
-    ("int8", "**int8, ox.quantize defaults** (QDQ, per-channel U8S8, MinMax, head kept fp32)", {}, "all"),
+    (
+        "int8",
+        "**int8, ox.quantize defaults** (QDQ, per-channel U8S8, MinMax; stem conv and head fp32)",
+        {},
+        "all",
+    ),
+    ("stem_too", "int8, stem conv quantized too (`min_conv_channels=0`)", {"min_conv_channels": 0}, "all"),
     ("qoperator", "int8, QOperator format", {"format": "qoperator"}, "all"),
     ("per_tensor", "int8, per-tensor weights", {"per_channel": False}, "all"),
     ("reduce_range", "int8, reduce_range (7-bit weights)", {"reduce_range": True}, "all"),

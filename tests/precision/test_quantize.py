@@ -60,6 +60,10 @@ def test_default_quantizes_the_backbone_and_keeps_the_small_head(hybrid: Hybrid)
     assert part_precisions(q) == {"backbone": "int8", "head": "fp32"}
     backbone_ops = {n.op_type for n in q.graph.node if _meta.get_part(n) == "backbone"}
     assert {"QuantizeLinear", "DequantizeLinear"} <= backbone_ops
+    types = _initializer_types(q)
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    stem = [n for n in convs if types.get(n.input[1]) == TensorProto.FLOAT]  # the 1-channel stem
+    assert len(stem) == 1 and read_precision(q)["settings"]["kept_fp32"] == [stem[0].name]  # type: ignore[index]
     assert all(_meta.get_part(n) in ("backbone", "head") for n in q.graph.node)
     assert assert_float32_nodes(q, "head") == 3
     record = read_precision(q)
@@ -80,11 +84,13 @@ def test_parts_keeps_the_head_float32_node_by_node(hybrid: Hybrid) -> None:
         {hybrid.input: images(64, 1)},
         parts={"backbone": "int8", "head": "fp32"},
         format="qoperator",
+        min_conv_channels=0,
     )
     ox.Session(q, device="cpu")
     onnx.checker.check_model(q, full_check=True)
     assert assert_float32_nodes(q, "head") == 3
-    assert {"QLinearConv"} <= {n.op_type for n in q.graph.node if _meta.get_part(n) == "backbone"}
+    backbone = [n for n in q.graph.node if _meta.get_part(n) == "backbone"]
+    assert [n.op_type for n in backbone].count("QLinearConv") == 2  # min_conv_channels=0: the stem too
     both = ox.quantize(
         hybrid.model, {hybrid.input: images(64, 1)}, parts=["backbone", "head"], min_agreement=0.0
     )
