@@ -62,3 +62,41 @@ def test_serve_answers_with_the_next_version_and_the_old_one_stays_loadable(tmp_
         np.testing.assert_allclose(result.as_numpy("logits"), want_new, rtol=1e-5, atol=1e-6)
     old = ox.Session(repo / "hybrid" / "1" / "model.onnx").run({"image": image})["logits"]
     np.testing.assert_allclose(old, want_old, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_serve_takes_an_int8_variant_unchanged(tmp_path: Path) -> None:
+    """``deploy triton --variant int8=…`` writes the int8 twin as version 2: ``onnxstitch serve``
+    serves it (the newest version) with the same signature, and answers as the int8 file does."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = _part(
+        "m (float[batch, 16] image) => (float[batch, 8] logits) { logits = MatMul(image, w) }", 3, (16, 8)
+    )
+    fp32 = ox.save(model, tmp_path / "m.onnx")
+    int8 = tmp_path / "m.int8.onnx"
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    repo = tmp_path / "models"
+    args = [
+        "deploy",
+        "triton",
+        str(fp32),
+        "--repository",
+        str(repo),
+        "--name",
+        "m",
+        "--variant",
+        f"int8={int8}",
+    ]
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == 0, done.output
+    image = np.random.default_rng(8).standard_normal((2, 16)).astype(np.float32)
+    want = ox.Session(int8).run({"image": image})["logits"]
+    assert not np.array_equal(want, ox.Session(fp32).run({"image": image})["logits"])
+    with running(repo, tmp_path / "serve.log") as server:
+        client = thttp.InferenceServerClient(server.url)
+        tensor = thttp.InferInput("image", list(image.shape), "FP32")
+        tensor.set_data_from_numpy(image)
+        result = client.infer("m", [tensor])
+        assert result.get_response()["model_version"] == "2"
+        np.testing.assert_array_equal(result.as_numpy("logits"), want)
