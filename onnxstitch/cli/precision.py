@@ -51,8 +51,7 @@ def quantize_command(
 ) -> None:
     """Quantize to int8 (static, per part), check it against the float32 model, write it.
 
-    Exit 1 with the gate's table and each part's agreement quantized alone when the int8 model
-    agrees less than --min-agreement.
+    Below --min-agreement: exit 1 with the gate's table and each part's agreement quantized alone.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -174,7 +174,16 @@ def run_model(model: onnx.ModelProto, holdout: Sequence[Feeds]) -> list[dict[str
     from onnxstitch.runtime.session import Session
 
     session = Session(model, device="cpu")
-    return [session.run(feed) for feed in holdout]
+    # a float16 model without float32 inputs (keep_io_types=False) takes the same samples in float16
+    dtypes = {i.name: i.dtype for i in session.inputs}
+
+    def cast(feed: Feeds) -> Feeds:
+        return {
+            k: v.astype(dtypes[k]) if k in dtypes and v.dtype != dtypes[k] and v.dtype.kind == "f" else v
+            for k, v in feed.items()
+        }
+
+    return [session.run(cast(feed)) for feed in holdout]
 
 
 def _classifier_like(array: np.ndarray[Any, Any]) -> bool:

@@ -54,3 +54,11 @@ def test_fp16_parts_keeps_the_backbone_float32(hybrid: Hybrid) -> None:
 def test_fp16_holdout_is_checked(hybrid: Hybrid) -> None:
     with pytest.raises(InputError, match="'image' is constant"):
         ox.to_fp16(hybrid.model, holdout={hybrid.input: np.ones((4, 8, 8, 1), np.float32)})
+
+
+def test_fp16_without_io_casts_takes_and_gives_float16(hybrid: Hybrid) -> None:
+    half = ox.to_fp16(hybrid.model, keep_io_types=False, holdout={hybrid.input: images(32, 8)})
+    session = ox.Session(half, device="cpu")
+    assert [i.dtype for i in session.inputs] == [np.float16]
+    out = session.run({hybrid.input: images(4, 9).astype(np.float16)})["output"]
+    assert out.dtype == np.float16 and out.shape == (4, 10)
