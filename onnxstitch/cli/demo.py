@@ -83,35 +83,7 @@ def _summary(result: DemoResult) -> Any:
         f"{6 if result.int8_accuracy is not None else 5}. Timed them and wrote a Triton model repository, "
         "a report and a plot."
     )
-    int8 = result.int8_accuracy is not None
-    table = Table(box=None, padding=(0, 2))
-    table.add_column("", no_wrap=True)
-    table.add_column(f"native\n{first} → {second}", justify="right", no_wrap=True)
-    table.add_column("merged\nONNX model", justify="right", no_wrap=True)
-    table.add_column("", justify="right", no_wrap=True)  # the speed-up, apart: the numbers line up
-    if int8:
-        table.add_column("int8\nmerged", justify="right", no_wrap=True)
-        table.add_column("", justify="right", no_wrap=True)
-    table.add_row(
-        "test accuracy",
-        f"{100 * result.native_accuracy:.2f} %",
-        f"{100 * result.merged_accuracy:.2f} %",
-        "",
-        *([f"{100 * (result.int8_accuracy or 0.0):.2f} %", ""] if int8 else []),
-    )
-    for row in result.latency:
-        speedup = row.int8_speedup
-        table.add_row(
-            f"latency, batch {row.batch}",
-            f"{row.native_ms:.2f} ms",
-            f"{row.merged_ms:.2f} ms",
-            f"[green]({row.speedup:.1f}× faster)[/]",
-            *(
-                [f"{row.int8_ms:.2f} ms", f"[green]({speedup:.1f}× vs merged)[/]"]
-                if int8 and row.int8_ms is not None and speedup is not None
-                else ([] if not int8 else ["", ""])
-            ),
-        )
+    table = _numbers(result, first, second)
     contended = [r for r in result.latency if r.native_ms > 2 * r.parts_ms]
     note = (
         f"[dim]At batch {', '.join(str(r.batch) for r in contended)} the native chain is slowed by the two "
@@ -142,6 +114,42 @@ def _summary(result: DemoResult) -> Any:
         title=title,
         expand=False,
     )
+
+
+def _numbers(result: DemoResult, first: str, second: str) -> Any:
+    """Accuracy and latency: native chain, merged model and, when it was made, the int8 model."""
+    from rich.table import Table
+
+    int8 = result.int8_accuracy is not None
+    table = Table(box=None, padding=(0, 2))
+    table.add_column("", no_wrap=True)
+    table.add_column(f"native\n{first} → {second}", justify="right", no_wrap=True)
+    table.add_column("merged\nONNX model", justify="right", no_wrap=True)
+    table.add_column("", justify="right", no_wrap=True)  # the speed-up, apart: the numbers line up
+    if int8:
+        table.add_column("int8\nmerged", justify="right", no_wrap=True)
+        table.add_column("", justify="right", no_wrap=True)
+    table.add_row(
+        "test accuracy",
+        f"{100 * result.native_accuracy:.2f} %",
+        f"{100 * result.merged_accuracy:.2f} %",
+        "",
+        *([f"{100 * (result.int8_accuracy or 0.0):.2f} %", ""] if int8 else []),
+    )
+    for row in result.latency:
+        speedup = row.int8_speedup
+        table.add_row(
+            f"latency, batch {row.batch}",
+            f"{row.native_ms:.2f} ms",
+            f"{row.merged_ms:.2f} ms",
+            f"[green]({row.speedup:.1f}× faster)[/]",
+            *(
+                [f"{row.int8_ms:.2f} ms", f"[green]({speedup:.1f}× vs merged)[/]"]
+                if int8 and row.int8_ms is not None and speedup is not None
+                else ([] if not int8 else ["", ""])
+            ),
+        )
+    return table
 
 
 def _int8_step(result: DemoResult) -> str:
