@@ -9,7 +9,18 @@ import typer
 
 from onnxstitch.cli._common import console, err_console, print_json, stage_progress
 
-__all__ = ["register"]
+__all__ = ["parse_parts", "register"]
+
+
+def parse_parts(items: list[str] | None, converted: str) -> dict[str, str] | None:
+    """``["backbone", "head=fp32"]`` -> ``{"backbone": converted, "head": "fp32"}``; nothing -> ``None``."""
+    if not items:
+        return None
+    parts: dict[str, str] = {}
+    for item in items:
+        key, sep, precision = item.partition("=")
+        parts[key.strip()] = precision.strip() if sep else converted
+    return parts
 
 
 def quantize_command(
@@ -28,7 +39,11 @@ def quantize_command(
     ],
     part: Annotated[
         list[str] | None,
-        typer.Option("--part", "-p", help="Quantize this part (repeat for several); default: what pays."),
+        typer.Option(
+            "--part",
+            "-p",
+            help="Quantize this part (repeat), or PART=int8|int8-dynamic|fp32; default: what pays.",
+        ),
     ] = None,
     holdout: Annotated[
         Path | None,
@@ -65,7 +80,7 @@ def quantize_command(
             result = quantize(
                 str(model),
                 str(calibration),
-                parts=list(part) if part else None,
+                parts=parse_parts(part, "int8"),
                 holdout=None if holdout is None else str(holdout),
                 min_agreement=min_agreement,
                 rtol=rtol,
@@ -86,7 +101,8 @@ def fp16_command(
         Path, typer.Option("--output", "-o", dir_okay=False, help="Where to write the fp16 model.")
     ],
     part: Annotated[
-        list[str] | None, typer.Option("--part", "-p", help="Convert this part (repeat); default: all.")
+        list[str] | None,
+        typer.Option("--part", "-p", help="Convert this part (repeat), or PART=fp16|fp32; default: all."),
     ] = None,
     keep_io_types: Annotated[bool, typer.Option(help="Keep float32 inputs and outputs.")] = True,
     holdout: Annotated[
@@ -105,7 +121,7 @@ def fp16_command(
     with stage_progress("converting to float16", quiet=json_out):
         result = to_fp16(
             str(model),
-            parts=list(part) if part else None,
+            parts=parse_parts(part, "fp16"),
             keep_io_types=keep_io_types,
             holdout=None if holdout is None else str(holdout),
             min_agreement=min_agreement,

@@ -69,13 +69,8 @@ class _Quantizer:
     ) -> None:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        self.work, self.feeds, self.folder, self.options, self.progress = (
-            work,
-            feeds,
-            folder,
-            options,
-            progress,
-        )
+        self.work, self.feeds, self.folder = work, feeds, folder
+        self.options, self.progress = options, progress
         self.parts = node_parts(work)
         self.source = folder / "model.onnx"
         self.cache = folder / "calibration.json"
@@ -300,7 +295,13 @@ def quantize(
     }
     logger.info("quantizing parts %s", choice)
     with tempfile.TemporaryDirectory(prefix="onnxstitch-quant-") as folder:
-        quantizer = _Quantizer(work, calib, Path(folder), options, progress)
+        try:
+            quantizer = _Quantizer(work, calib, Path(folder), options, progress)
+        except (ValueError, RuntimeError, KeyError, onnx.checker.ValidationError) as exc:
+            raise StitchError(
+                f"onnxruntime's shape inference failed before quantization: {type(exc).__name__}: {exc}",
+                hint="check the model with onnx.checker.check_model(model, full_check=True)",
+            ) from exc
 
         def convert(c: Mapping[str, str]) -> onnx.ModelProto:
             try:

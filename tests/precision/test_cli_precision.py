@@ -31,6 +31,8 @@ def test_quantize_round_trip_and_inspect(hybrid: Hybrid, tmp_path: Path) -> None
         str(tmp_path / "calib.npz"),
         "--part",
         "backbone",
+        "--part",
+        "head=fp32",
         "--min-agreement",
         "0.99",
         "-o",
