@@ -190,16 +190,17 @@ def quantize(
 ) -> onnx.ModelProto:
     """Quantize a model to int8, part by part, and refuse the result if it no longer agrees.
 
-    Static int8 (``"int8"``) goes through onnxruntime's ``quantize_static``: activations uint8,
-    weights int8 (U8S8, the pairing VNNI's int8 dot product takes; S8S8 measured 5-7x *slower* than
-    float32 on this CPU and per-tensor U8U8 no faster), per-channel weights (per-tensor lost the
-    speed at batch 64 and top-1 agreement), QDQ format (``format="qoperator"`` measured no faster:
+    Static int8 (``"int8"``) goes through onnxruntime's ``quantize_static`` with settings measured
+    on an AVX-512 VNNI CPU (``docs/precision.md``, ``scripts/bench/bench_quantize.py``): activations
+    uint8 and weights int8 (U8S8, the pairing VNNI's int8 dot product takes; S8S8 ran 5-7x *slower*
+    than float32, U8U8 no faster at batch 64); per-channel weights (per-tensor was slower at batch
+    64 and, on random data, less accurate); QDQ format (``format="qoperator"`` was no faster:
     onnxruntime fuses the QDQ pairs into the same int8 kernels when it loads the model, and QDQ is
-    the portable form TensorRT and other runtimes read), no ``reduce_range`` (a 7-bit fallback for
-    CPUs without VNNI), MinMax calibration. Dynamic int8 (``"int8-dynamic"``) quantizes the
-    weights of MatMul/Gemm nodes and the activations at run time (``quantize_dynamic``): for parts
-    of matrix products (transformers) with no calibration to trust. ``docs/precision.md`` has the
-    measurements.
+    the portable form TensorRT and other runtimes read); no ``reduce_range`` (7-bit weights, for
+    CPUs without VNNI); MinMax calibration (entropy was no better). Dynamic int8
+    (``"int8-dynamic"``) quantizes the weights of MatMul/Gemm nodes and the activations at run
+    time (``quantize_dynamic``): for parts of matrix products (transformers), where static int8
+    erred far more on held-out data.
 
     What is quantized: ``parts`` names it by part key (the provenance of each node of a merged
     model; a model that was not merged is the one part ``"model"``). By default, what pays: a

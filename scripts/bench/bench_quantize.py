@@ -274,7 +274,21 @@ def section(results: list[dict[str, Any]], threads: int, rounds: int, wall: floa
         ):
             shown = f"{value:.2%}" if need < 1 else f"{value:.2f}×"
             lines.append(f"| {text} | {shown} | {'yes' if value >= need else 'NO'} |")
+    lines += ["", LIMITS]
     return "\n".join(lines)
+
+
+LIMITS = (
+    "What limits it: onnxruntime's int8 convolution (QLinearConv, U8S8 on MLAS's VNNI kernels) is most "
+    "of the int8 time, and on layers of 16-64 channels it stays far from VNNI's 4× int8:fp32 peak; the "
+    "thinner the layer, the less it gains, and a 1- or 3-channel stem is slower in int8 (kept float32 by "
+    "`min_conv_channels=4`). What stays float: the stem, the small torch head (what pays), the global "
+    "average pool (ReduceMean) and the layout work around the float stem (Transpose/ReorderOutput). At "
+    "batch 1 a whole run of the digits model (8×8 images) takes about 40 µs: the fixed cost per run and "
+    "per node weighs most, and int8 does not reduce it. ORT optimization `basic` leaves the QDQ pairs "
+    "unfused and the float convolutions out of the blocked NCHWc layout: 1.5-8× slower than at `all` "
+    "(the default of `ox.Session`)."
+)
 
 
 def _ort_version() -> str:
