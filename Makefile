@@ -31,7 +31,7 @@ lint: install
 
 # every benchmark in turn, each writing its section of docs/benchmarks.md (~20 min on 2 cores)
 bench: install
-	for b in runtime optimize merge serve convert; do $(PYTHON) scripts/bench/bench_$$b.py || exit 1; done
+	for b in runtime optimize merge serve convert quantize; do $(PYTHON) scripts/bench/bench_$$b.py || exit 1; done
 
 # a separate virtualenv with the real Triton server (PyTriton, numpy<2) and the KServe SDK, used by
 # tests/deploy/test_real_servers.py (skipped when missing, required in CI)

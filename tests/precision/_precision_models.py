@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 
 @dataclass(frozen=True)
@@ -46,3 +47,23 @@ def images(n: int, seed: int, *, labels: bool = False) -> Any:
     blobs = np.exp(-((yy - centers[:, 0]) ** 2 + (xx - centers[:, 1]) ** 2) / width)
     x = np.clip(blobs + 0.1 * rng.standard_normal((n, 8, 8)), 0, 1).astype(np.float32)[..., None]
     return (x, y) if labels else x
+
+
+def mlp(hidden: int, *, names: bool, out: int = 10) -> onnx.ModelProto:
+    """x [batch, hidden] -> MatMul -> Relu -> MatMul -> y [batch, out]; named nodes or not."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    w2 = rng.standard_normal((hidden, out)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1" if names else ""),
+        helper.make_node("Relu", ["h"], ["r"], name="relu" if names else ""),
+        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2" if names else ""),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out])],
+        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from _precision_models import Hybrid, images
-from onnx import TensorProto, helper, numpy_helper
+from _precision_models import Hybrid, images, mlp
+from onnx import TensorProto
 
 import onnxstitch as ox
 from onnxstitch import _meta
@@ -157,27 +157,8 @@ def test_bad_calibration_names_the_tensor(hybrid: Hybrid) -> None:
         ox.quantize(hybrid.model, {hybrid.input: images(8, 0)}, parts={"head": "int4"})
 
 
-def _mlp(hidden: int, *, names: bool, out: int = 10) -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    w1 = (rng.standard_normal((hidden, hidden)) / np.sqrt(hidden)).astype(np.float32)
-    w2 = rng.standard_normal((hidden, out)).astype(np.float32)
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm1" if names else ""),
-        helper.make_node("Relu", ["h"], ["r"], name="relu" if names else ""),
-        helper.make_node("MatMul", ["r", "w2"], ["y"], name="mm2" if names else ""),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", hidden])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", out])],
-        initializer=[numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
 def test_matmul_parts_get_dynamic_int8_and_unnamed_nodes_are_handled(tmp_path: Path) -> None:
-    model = _mlp(512, names=False)
+    model = mlp(512, names=False)
     before = model.SerializeToString()
     x = np.random.default_rng(1).standard_normal((64, 512)).astype(np.float32)
     q = ox.quantize(model, {"x": x}, min_agreement=0.9)
@@ -185,13 +166,13 @@ def test_matmul_parts_get_dynamic_int8_and_unnamed_nodes_are_handled(tmp_path: P
     assert part_precisions(q) == {"model": "int8-dynamic"}
     assert "DynamicQuantizeLinear" in {n.op_type for n in q.graph.node}
     onnx.checker.check_model(q, full_check=True)
-    small = ox.quantize(_mlp(64, names=True), {"x": x[:, :64]})
+    small = ox.quantize(mlp(64, names=True), {"x": x[:, :64]})
     assert part_precisions(small) == {"model": "fp32"}
     assert not {n.op_type for n in small.graph.node} & QUANT_OPS
 
 
 def test_a_regression_output_is_judged_within_rtol() -> None:
-    model = _mlp(512, names=True, out=1)
+    model = mlp(512, names=True, out=1)
     x = np.random.default_rng(2).standard_normal((40, 512)).astype(np.float32)
     q = ox.quantize(model, {"x": x}, parts={"model": "int8-dynamic"}, rtol=0.05)
     report = PrecisionReport.from_dict(read_precision(q) or {})
