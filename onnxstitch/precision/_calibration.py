@@ -152,10 +152,11 @@ def load_calibration(
 
 
 def check_informative(feeds: list[Feeds], *, what: str = "calibration") -> None:
-    """Refuse a float input that holds the same value in every sample (all zeros, a constant).
+    """Refuse hold-out samples whose float input holds one value everywhere (all zeros, a constant).
 
-    Ranges calibrated on a constant input say nothing about real data, and a gate judged on it
-    compares constants. Integer inputs (token ids, masks) are not judged.
+    A gate judged on them compares constants: any model would pass. (A constant *calibration* set
+    is left to the gate, which then refuses the model it makes.) Integer inputs (token ids, masks)
+    are not judged.
 
     Raises:
         InputError: naming the input and its one value.
@@ -169,9 +170,10 @@ def check_informative(feeds: list[Feeds], *, what: str = "calibration") -> None:
         if low == high:
             samples = sum(len(v) for v in values)
             raise InputError(
-                f"{what} input {name!r} is constant ({low:g}) over all {samples} sample(s): ranges "
-                f"calibrated on it fit no real input, and nothing can be judged on it",
-                hint="calibrate on representative samples of the data the model will see",
+                f"{what} input {name!r} is constant ({low:g}) over all {samples} sample(s): nothing "
+                f"can be judged on it",
+                hint="give representative samples of the data the model will see (holdout=, or a "
+                "calibration set a share of which is held out)",
             )
 
 
