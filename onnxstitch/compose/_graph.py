@@ -7,11 +7,13 @@ input name. Identical initializers (same dtype, dims and bytes) are stored once.
 
 Why ``ModelProto`` and a string renamer, not onnx-ir (measured by ``scripts/bench/measure_ir.py``,
 docs/benchmarks.md "merge on onnx-ir"): onnx-ir builds a Python object per node and value, so
-deserializing one 200-node part (~2 ms) costs as much as today's whole merge of it, and a merge done
-in IR (each part converted once, renamed and wired there, serialized once) takes ~3x the time budget
-of ~2 ms per part. ``rename_node`` renames through ``node.input[:] = ...`` (C-level), every name of a
-part gets the same scope, so subgraph bodies and their outer-scope references stay consistent; model-
-local functions are renamed by (domain, name, overload) with their call sites (``GraphBuilder._functions``).
+deserializing one 200-node part (2-3 ms of CPU) costs as much as today's whole merge of it, and a
+merge done in IR (each part converted once, renamed and wired there, serialized once) takes 3-4x
+today's merge, against a budget of ~2 ms per part. ``rename_node`` renames through
+``node.input[:] = ...`` (C-level); every name of a part gets the same scope, so subgraph bodies and
+their outer-scope references stay consistent (ONNX forbids a subgraph to shadow an outer name);
+model-local functions are renamed by (domain, name, overload) with their call sites
+(``GraphBuilder._functions``; onnx-ir links calls to functions by those strings too).
 """
 
 from __future__ import annotations
