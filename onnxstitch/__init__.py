@@ -42,6 +42,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "quantize": ("onnxstitch.precision", "quantize"),
     "to_fp16": ("onnxstitch.precision", "to_fp16"),
     "PrecisionReport": ("onnxstitch.precision", "PrecisionReport"),
+    "score": ("onnxstitch.runtime.scoring", "score"),
+    "ScoreResult": ("onnxstitch.runtime.scoring", "ScoreResult"),
     # errors module
     "errors": ("onnxstitch.errors", None),
 }
@@ -88,3 +90,5 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from onnxstitch.runtime import verify as verify
     from onnxstitch.runtime.deploy import deploy_kserve as deploy_kserve
     from onnxstitch.runtime.deploy import deploy_triton as deploy_triton
+    from onnxstitch.runtime.scoring import ScoreResult as ScoreResult
+    from onnxstitch.runtime.scoring import score as score

@@ -15,6 +15,7 @@ __all__ = [
     "AdapterError",
     "ConversionError",
     "CycleError",
+    "DatasetError",
     "DeployError",
     "DeviceError",
     "InputError",
@@ -182,3 +183,41 @@ class RunTimeoutError(StitchError):
 
 class SandboxError(StitchError):
     """A model crashed, hung or ran out of memory while loaded in the sandbox subprocess."""
+
+
+class DatasetError(StitchError):
+    """A dataset cannot be scored (``ox.score``): a file that is not Parquet / .npy / .npz, a missing
+    or mistyped column, a tensor of the wrong inner shape, or a row the model fails on.
+
+    Attributes:
+        file: the offending file (``None`` when the problem is not one file's).
+        row_group: the Parquet row group (``None`` for a schema problem or a NumPy source).
+        column: the column at fault (``None`` when it is not one column's).
+        row: the row's id (its kept columns, or its row number in the file) for a row that fails.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        row_group: int | None = None,
+        column: str | None = None,
+        row: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file = file
+        self.row_group = row_group
+        self.column = column
+        self.row = row
+        super().__init__(message, hint=hint)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # raised inside Ray actors: keep every attribute across pickling
+        return (_rebuild_dataset_error, (str(self), self.file, self.row_group, self.column, self.row))
+
+
+def _rebuild_dataset_error(
+    message: str, file: str | None, row_group: int | None, column: str | None, row: str | None
+) -> DatasetError:
+    return DatasetError(message, file=file, row_group=row_group, column=column, row=row)

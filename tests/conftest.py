@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-REQUIRED_FRAMEWORKS = frozenset({"torch", "tensorflow", "keras", "tf2onnx", "onnxscript", "transformers"})
+REQUIRED_FRAMEWORKS = frozenset(
+    {"torch", "tensorflow", "keras", "tf2onnx", "onnxscript", "transformers", "pyarrow", "ray"}
+)
 _IMPORT_SKIP = re.compile(r"could not import '([\w.]+)'")
 
 

@@ -27,6 +27,7 @@ _COMMAND_MODULES = (
     "verify",
     "bench",
     "precision",
+    "score",
     "deploy",
     "serve",
     "demo",

@@ -1,0 +1,91 @@
+"""ox.score(engine="ray"): a real local Ray (2 CPUs, started for these tests and shut down after)
+gives the same outputs, in the same order, as the local engine and one Session.run on the data.
+
+Ray takes seconds to start: one test lets ox.score start (and stop) its own Ray, the others share
+one module-scoped Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from scoredata import make_data, pa, pq, table_of, tensor, write_folder
+
+import onnxstitch as ox
+from onnxstitch.errors import DatasetError
+
+ray = pytest.importorskip("ray")
+
+pytestmark = pytest.mark.slow
+
+
+def _same(out: Any, data: dict[str, np.ndarray[Any, Any]], expected: dict[str, Any]) -> None:
+    assert out.column_names == ["id", "y", "pooled", "act", "k2"]
+    np.testing.assert_array_equal(out["id"].to_numpy(), data["id"])
+    for name in ("y", "pooled", "act", "k2"):
+        np.testing.assert_array_equal(tensor(out[name]), expected[name])
+
+
+def test_ray_engine_starts_and_stops_its_own_local_ray(model: onnx.ModelProto, tmp_path: Path) -> None:
+    assert not ray.is_initialized()
+    data = make_data(200)
+    onnx.save(model, tmp_path / "m.onnx")  # a path: the actors open the file
+    pq.write_table(table_of(data), tmp_path / "d.parquet", row_group_size=50)
+    result = ox.score(
+        tmp_path / "m.onnx", tmp_path / "d.parquet", output=tmp_path / "out", engine="ray", num_cpus=2
+    )
+    assert not ray.is_initialized()  # shut down again
+    assert result.rows == 200 and result.output.is_dir()
+    _same(
+        pq.read_table(tmp_path / "out"), data, ox.Session(model).run({k: data[k] for k in ("x", "img", "k")})
+    )
+    assert {p.name for p in tmp_path.iterdir()} == {"m.onnx", "d.parquet", "out"}
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    from onnxstitch.runtime.scoring._ray import _runtime_env
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        runtime_env=_runtime_env(),
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()
+
+
+def test_ray_two_actors_same_order_as_local_and_session(
+    model: onnx.ModelProto, tmp_path: Path, local_ray: None
+) -> None:
+    data = make_data(1200, seed=1)
+    src = write_folder(table_of(data, "nested"), tmp_path / "src", files=4, row_group_size=100)
+    local = ox.score(model, src, output=tmp_path / "local.parquet", batch_size=64)
+    (tmp_path / "out").mkdir()  # an existing output is replaced once the new one is complete
+    (tmp_path / "out" / "stale.parquet").write_bytes(b"old")
+    result = ox.score(model, src, output=tmp_path / "out", engine="ray", actors=2, batch_size=64)
+    assert ray.is_initialized()  # a Ray it did not start is left running
+    assert result.rows == local.rows == 1200 and result.columns == local.columns
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(files) >= 2 and all(f.startswith("part-") for f in files)
+    from_ray = pq.read_table(tmp_path / "out")
+    assert from_ray.equals(pq.read_table(tmp_path / "local.parquet"))
+    _same(from_ray, data, ox.Session(model).run({k: data[k] for k in ("x", "img", "k")}))
+
+
+def test_ray_row_failure_names_its_id(lookup_model: onnx.ModelProto, tmp_path: Path, local_ray: None) -> None:
+    idx = np.arange(80) % 5
+    idx[61] = 7
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(80)], "idx": idx}), tmp_path / "d.parquet")
+    with pytest.raises(DatasetError) as info:
+        ox.score(lookup_model, tmp_path / "d.parquet", output=tmp_path / "out", engine="ray", batch_size=16)
+    assert info.value.row is not None and info.value.row.startswith("key='k61'")
+    assert {p.name for p in tmp_path.iterdir()} == {"d.parquet"}
