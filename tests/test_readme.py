@@ -1,4 +1,5 @@
-"""Every code block of README.md, docs/tutorial.md, docs/precision.md and docs/howto/*.md is executed here.
+"""Every code block of README.md, docs/tutorial.md, docs/precision.md, docs/scale.md and docs/howto/*.md
+is executed here.
 
 Each document runs as a reader would run it: top to bottom, in one fresh folder, in one Python
 process (``python`` blocks share their variables, like one interactive session; ``bash`` blocks run
@@ -39,6 +40,7 @@ DOCS = [
     REPO / "README.md",
     REPO / "docs" / "tutorial.md",
     REPO / "docs" / "precision.md",
+    REPO / "docs" / "scale.md",
     *sorted((REPO / "docs" / "howto").glob("*.md")),
 ]
 MARKERS = ("run", "file", "background", "make-dry-run", "gpu")

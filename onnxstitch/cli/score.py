@@ -56,9 +56,7 @@ def score_command(
     ],
     output: Annotated[
         Path,
-        typer.Option(
-            "--output", "-o", help="The Parquet file to write (--engine ray: a folder of Parquet files)."
-        ),
+        typer.Option("--output", "-o", help="The Parquet file to write."),
     ],
     engine: Annotated[
         str, typer.Option(help="local (stream in this process) or ray (Ray Data actors).")

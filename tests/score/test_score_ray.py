@@ -37,14 +37,16 @@ def test_ray_engine_starts_and_stops_its_own_local_ray(model: onnx.ModelProto, t
     onnx.save(model, tmp_path / "m.onnx")  # a path: the actors open the file
     pq.write_table(table_of(data), tmp_path / "d.parquet", row_group_size=50)
     result = ox.score(
-        tmp_path / "m.onnx", tmp_path / "d.parquet", output=tmp_path / "out", engine="ray", num_cpus=2
+        tmp_path / "m.onnx", tmp_path / "d.parquet", output=tmp_path / "out.parquet", engine="ray", num_cpus=2
     )
     assert not ray.is_initialized()  # shut down again
-    assert result.rows == 200 and result.output.is_dir()
+    assert result.rows == 200 and result.output.is_file()
     _same(
-        pq.read_table(tmp_path / "out"), data, ox.Session(model).run({k: data[k] for k in ("x", "img", "k")})
+        pq.read_table(tmp_path / "out.parquet"),
+        data,
+        ox.Session(model).run({k: data[k] for k in ("x", "img", "k")}),
     )
-    assert {p.name for p in tmp_path.iterdir()} == {"m.onnx", "d.parquet", "out"}
+    assert {p.name for p in tmp_path.iterdir()} == {"m.onnx", "d.parquet", "out.parquet"}
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +71,12 @@ def test_ray_two_actors_same_order_as_local_and_session(
     data = make_data(1200, seed=1)
     src = write_folder(table_of(data, "nested"), tmp_path / "src", files=4, row_group_size=100)
     local = ox.score(model, src, output=tmp_path / "local.parquet", batch_size=64)
-    (tmp_path / "out").mkdir()  # an existing output is replaced once the new one is complete
-    (tmp_path / "out" / "stale.parquet").write_bytes(b"old")
-    result = ox.score(model, src, output=tmp_path / "out", engine="ray", actors=2, batch_size=64)
+    (tmp_path / "out.parquet").write_bytes(b"old")  # replaced once the new one is complete
+    result = ox.score(model, src, output=tmp_path / "out.parquet", engine="ray", actors=2, batch_size=64)
     assert ray.is_initialized()  # a Ray it did not start is left running
     assert result.rows == local.rows == 1200 and result.columns == local.columns
-    files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert len(files) >= 2 and all(f.startswith("part-") for f in files)
-    from_ray = pq.read_table(tmp_path / "out")
+    assert {p.name for p in tmp_path.iterdir()} == {"src", "local.parquet", "out.parquet"}
+    from_ray = pq.read_table(tmp_path / "out.parquet")
     assert from_ray.equals(pq.read_table(tmp_path / "local.parquet"))
     _same(from_ray, data, ox.Session(model).run({k: data[k] for k in ("x", "img", "k")}))
 
@@ -86,6 +86,8 @@ def test_ray_row_failure_names_its_id(lookup_model: onnx.ModelProto, tmp_path: P
     idx[61] = 7
     pq.write_table(pa.table({"key": [f"k{i}" for i in range(80)], "idx": idx}), tmp_path / "d.parquet")
     with pytest.raises(DatasetError) as info:
-        ox.score(lookup_model, tmp_path / "d.parquet", output=tmp_path / "out", engine="ray", batch_size=16)
+        ox.score(
+            lookup_model, tmp_path / "d.parquet", output=tmp_path / "out.parquet", engine="ray", batch_size=16
+        )
     assert info.value.row is not None and info.value.row.startswith("key='k61'")
     assert {p.name for p in tmp_path.iterdir()} == {"d.parquet"}

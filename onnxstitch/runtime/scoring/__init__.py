@@ -3,8 +3,8 @@
 ``ox.score(model, "data.parquet", output="preds.parquet")`` reads the source in batches (never the
 whole table), runs one :class:`~onnxstitch.runtime.session.Session` over them and writes one Parquet
 file: the source's id columns, then one column per model output, rows in the source's order.
-``engine="ray"`` runs the same batches in Ray Data actors (one session per actor) and writes a
-folder of Parquet files whose names sort in the source's order.
+``engine="ray"`` runs the same batches in Ray Data actors (one session per actor); their outputs
+come back to this process in the source's order and are written to the same one file.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class ScoreResult:
     """What a scoring run did.
 
     Attributes:
-        output: the Parquet file (``engine="local"``) or folder (``engine="ray"``) written.
+        output: the Parquet file written.
         engine: ``"local"`` or ``"ray"``.
         rows: rows scored.
         batches: model runs (local engine; Ray's batches are counted by its actors, so ``None``).
@@ -91,15 +91,15 @@ def score_batch(session: Any, plan: Plan, table: pa.Table, where: Where) -> pa.T
     return outputs_table(plan, table, outputs)
 
 
-def _check_output(output: Path, engine: str) -> None:
+def _check_output(output: Path) -> None:
     if not output.parent.is_dir():
         raise DatasetError(
             f"output folder {str(output.parent)!r} does not exist",
             hint=f"create it first: mkdir -p {output.parent}",
         )
-    if engine == "local" and output.is_dir():
+    if output.is_dir():
         raise DatasetError(
-            f"--output {str(output)!r} is a folder; the local engine writes one Parquet file",
+            f"--output {str(output)!r} is a folder; score writes one Parquet file",
             hint=f"name the file, e.g. {output / 'preds.parquet'}",
         )
 
@@ -204,9 +204,8 @@ def score(
     Args:
         model: an ``onnx.ModelProto`` or the path of an ``.onnx`` file.
         source: a Parquet file or folder, or a folder of ``.npy`` / ``.npz`` files.
-        output: ``engine="local"``: the Parquet file to write; ``engine="ray"``: the folder to write
-            (Ray Data writes one file per block; the names sort in the source's order). An
-            existing output is replaced only once the new one is complete.
+        output: the Parquet file to write (both engines). An existing file is replaced only once
+            the new one is complete.
         engine: ``"local"`` (stream through one session in this process) or ``"ray"``.
         batch_size: rows per model run.
         columns: source column -> model input, for columns not named after the input they feed.
@@ -240,7 +239,7 @@ def score(
     _require("pyarrow", extra="score", purpose="ox.score")
     started = time.perf_counter()
     out = Path(output)
-    _check_output(out, engine)
+    _check_output(out)
     src = open_source(source)
     from onnxstitch.runtime.session import Session
 
@@ -252,7 +251,7 @@ def score(
 
         del session  # the actors open their own
         rows = run_ray(
-            model, plan, src, out, batch_size=batch_size, device=device, threads=threads,
+            model, plan, src, out, first.slice(0, 0), batch_size=batch_size, device=device, threads=threads,
             address=address, actors=actors, num_cpus=num_cpus,
         )  # fmt: skip
         batches = None

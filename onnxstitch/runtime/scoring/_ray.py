@@ -1,18 +1,20 @@
-"""The Ray engine of ``ox.score``: Ray Data ``read_parquet`` -> ``map_batches`` over actors that each
-hold one session -> ``write_parquet``. Imported only for ``engine="ray"`` (ray is the ``ray`` extra).
+"""The Ray engine of ``ox.score``: Ray Data reads the row groups -> ``map_batches`` over actors that
+each hold one session -> the output batches streamed back to the driver, written to one Parquet file.
+Imported only for ``engine="ray"`` (ray is the ``ray`` extra).
 
-Order: the dataset runs with ``preserve_order`` (set on this dataset's own ``DataContext`` copy, not
-the process's), so write task *i* holds the *i*-th blocks of the source, and the files are named
-``part-<task index>-<write uuid>.parquet``: read back sorted by name (pyarrow and Ray Data both do),
-the rows are
-in the source's order.
+Order: the source's row groups are listed in order (file, row group, index of the first row) and
+read by Ray tasks that tag each row with its index; the actors carry the tag through; the driver puts
+the batches that come back in order (holding only those that arrive early) and writes one file.
+Not ``read_parquet`` / ``write_parquet``: with Ray 2.60 neither keeps the source's order, even with
+``preserve_order`` (measured: one 1 M-row file read as two tasks came back second half first, and
+``write_parquet``'s file names follow its task indices, not the rows).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +33,7 @@ __all__ = ["ScoreActor", "run_ray"]
 logger = logging.getLogger(__name__)
 
 _PROTOBUF_LIMIT = 2**31 - 1
-_BATCHES_PER_BLOCK = 8  # rows per Ray block (and per output file) = batch_size * this
+ROW = "__onnxstitch_row"  # each row's index in the source, carried through the actors
 
 
 class ScoreActor:
@@ -60,17 +62,52 @@ class ScoreActor:
     def __call__(self, table: pa.Table) -> pa.Table:
         from onnxstitch.runtime.scoring import score_batch
 
-        return score_batch(self.session, self.plan, table, Where(self.source, None, None))
+        out = score_batch(self.session, self.plan, table.drop_columns([ROW]), Where(self.source, None, None))
+        return out.append_column(ROW, table.column(ROW))
 
 
-def _ordered_filenames() -> Any:
-    from ray.data.datasource import FilenameProvider
+def read_row_groups(descriptors: pa.Table, columns: list[str]) -> pa.Table:
+    """A Ray Data task: read the row groups named in ``descriptors`` (file, row group, index of
+    its first row in the source) with their rows' source index in the column ``ROW``."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    class _Ordered(FilenameProvider):
-        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
-            return f"part-{task_index:06d}-{write_uuid}.parquet"
+    tables = []
+    for file, group, first in zip(
+        *(descriptors.column(c).to_pylist() for c in ("file", "group", "first")), strict=True
+    ):
+        table = pq.ParquetFile(file).read_row_group(group, columns=columns)
+        tables.append(
+            table.append_column(ROW, pa.array(np.arange(first, first + table.num_rows, dtype=np.int64)))
+        )
+    return pa.concat_tables(tables)
 
-    return _Ordered(file_format="parquet")
+
+class _InOrder:
+    """Puts batches that arrive out of order back in the source's order (by their ``ROW`` index),
+    holding only those that arrived early."""
+
+    def __init__(self) -> None:
+        self.next = 0
+        self.early: dict[int, pa.Table] = {}
+
+    def push(self, table: pa.Table) -> list[pa.Table]:
+        import numpy as np
+        import pyarrow.compute as pc
+
+        table = table.take(pc.sort_indices(table.column(ROW)))
+        rows = np.asarray(table.column(ROW))
+        starts = [0, *(np.flatnonzero(np.diff(rows) != 1) + 1).tolist(), len(rows)]
+        for a, b in itertools.pairwise(starts):
+            if b > a:
+                self.early[int(rows[a])] = table.slice(a, b - a)
+        ready = []
+        while self.next in self.early:
+            run = self.early.pop(self.next)
+            self.next += run.num_rows
+            ready.append(run.drop_columns([ROW]))
+        return ready
 
 
 def _runtime_env() -> dict[str, Any]:
@@ -143,14 +180,89 @@ def _cause(exc: BaseException) -> StitchError | None:
     return None
 
 
-def _swap_into_place(tmp: Path, output: Path) -> None:
-    old = None
-    if output.exists():
-        old = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.old")
-        output.replace(old)
-    tmp.replace(output)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+def _row_groups(source: Source) -> pa.Table:
+    """One row per row group of the source, in order: file, row group, index of its first row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files, groups, firsts = [], [], []
+    first = 0
+    for file in source.files:
+        meta = pq.ParquetFile(file).metadata
+        for group in range(meta.num_row_groups):
+            files.append(str(file))
+            groups.append(group)
+            firsts.append(first)
+            first += meta.row_group(group).num_rows
+    return pa.table({"file": files, "group": groups, "first": firsts})
+
+
+def _execute(
+    source: Source,
+    plan: Plan,
+    model_arg: list[Any] | str,
+    tmp: Path,
+    empty: pa.Table,
+    *,
+    batch_size: int,
+    device: str,
+    threads: int | None,
+    actors: int,
+) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    ds: Any = ray.data.from_arrow(_row_groups(source))
+    ds.context.execution_options.preserve_order = True  # blocks mostly in the source's order
+    ds.context.raise_original_map_exception = True  # the actors' own errors, not Ray's wrapper
+    # one read task per row group, each row tagged with its index in the source
+    ds = ds.map_batches(
+        read_row_groups, batch_size=1, batch_format="pyarrow", fn_kwargs={"columns": plan.columns}
+    )
+    ds = ds.map_batches(
+        ScoreActor,
+        fn_constructor_kwargs={
+            "model": model_arg,
+            "plan": plan,
+            "source": str(source.path),
+            "device": device,
+            "threads": threads or 1,
+        },
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=_actor_cpus(actors),
+    )
+    writer = None
+    rows = 0
+    try:
+        # back to the driver, put in the source's order, written to one file as they come
+        order = _InOrder()
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            assert isinstance(batch, pa.Table)
+            for table in order.push(batch):
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+                rows += table.num_rows
+        if order.early or rows != source.num_rows:
+            raise StitchError(f"Ray returned {rows} of {source.num_rows} rows in order (a bug in onnxstitch)")
+        if writer is None:
+            writer = pq.ParquetWriter(tmp, empty.schema)
+    except Exception as exc:  # Ray wraps what the actors raised
+        cause = _cause(exc)
+        if cause is None:
+            raise
+        if isinstance(cause, DatasetError):
+            raise DatasetError(
+                str(cause), file=cause.file, row_group=cause.row_group, column=cause.column, row=cause.row
+            ) from exc
+        raise StitchError(str(cause)) from exc
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows
 
 
 def run_ray(
@@ -158,6 +270,7 @@ def run_ray(
     plan: Plan,
     source: Source,
     output: Path,
+    empty: pa.Table,
     *,
     batch_size: int,
     device: str,
@@ -166,12 +279,11 @@ def run_ray(
     actors: int,
     num_cpus: int | None,
 ) -> int:
-    """Score ``source`` on Ray into the folder ``output``; returns the rows written.
+    """Score ``source`` on Ray into the Parquet file ``output``; returns the rows written.
 
     Raises:
         DatasetError: the source is not Parquet, or a row fails in an actor (named by its id).
     """
-    import pyarrow.parquet as pq
     import ray
 
     if source.kind != "parquet":
@@ -184,42 +296,20 @@ def run_ray(
     tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         model_arg = _model_for_actors(model, local=started_here and address is None)
-        ds = ray.data.read_parquet([str(f) for f in source.files]).select_columns(plan.columns)
-        ds.context.execution_options.preserve_order = True
-        ds.context.raise_original_map_exception = True  # our DatasetError, not Ray's wrapper
-        # blocks of a bounded number of rows (streamed, order kept): work for every actor
-        ds = ds.repartition(target_num_rows_per_block=batch_size * _BATCHES_PER_BLOCK)
-        ds = ds.map_batches(
-            ScoreActor,
-            fn_constructor_kwargs={
-                "model": model_arg,
-                "plan": plan,
-                "source": str(source.path),
-                "device": device,
-                "threads": threads or 1,
-            },
+        rows = _execute(
+            source,
+            plan,
+            model_arg,
+            tmp,
+            empty,
             batch_size=batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=_actor_cpus(actors),
+            device=device,
+            threads=threads,
+            actors=actors,
         )
-        try:
-            ds.write_parquet(str(tmp), filename_provider=_ordered_filenames())
-        except Exception as exc:  # Ray wraps what the actors raised
-            cause = _cause(exc)
-            if cause is None:
-                raise
-            if isinstance(cause, DatasetError):
-                raise DatasetError(
-                    str(cause), file=cause.file, row_group=cause.row_group, column=cause.column, row=cause.row
-                ) from exc
-            raise StitchError(str(cause)) from exc
-        if not tmp.is_dir():  # no rows: Ray writes nothing
-            tmp.mkdir()
-        rows = int(sum(pq.ParquetFile(f).metadata.num_rows for f in tmp.glob("*.parquet")))
-        _swap_into_place(tmp, output)
+        tmp.replace(output)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.unlink(missing_ok=True)
         raise
     finally:
         if started_here:
