@@ -62,6 +62,9 @@ def quantize_command(
     min_conv_channels: Annotated[
         int, typer.Option(min=0, help="Convolutions with fewer input channels stay float32 (0: none).")
     ] = 4,
+    global_pool: Annotated[
+        bool, typer.Option(help="Pool in int8: Transpose→ReduceMean over H, W as GlobalAveragePool.")
+    ] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print the gate's report as JSON.")] = False,
 ) -> None:
     """Quantize to int8 (static, per part), check it against the float32 model, write it.
@@ -89,6 +92,7 @@ def quantize_command(
                 reduce_range=reduce_range,
                 calibrate_method=method,
                 min_conv_channels=min_conv_channels,
+                global_pool=global_pool,
                 progress=lambda done, total: bar.update(task, completed=done, total=total),
             )
     save(result, output)

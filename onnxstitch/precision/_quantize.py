@@ -22,6 +22,7 @@ from onnxstitch.precision._calibration import (
 )
 from onnxstitch.precision._flow import gated, quiet_root_logger
 from onnxstitch.precision._parts import choose, named_copy, node_parts
+from onnxstitch.precision._rewrite import global_pools
 
 __all__ = ["FORMATS", "METHODS", "PRECISIONS", "quantize"]
 
@@ -186,6 +187,7 @@ def quantize(
     reduce_range: bool = False,
     calibrate_method: str = "minmax",
     min_conv_channels: int = 4,
+    global_pool: bool = True,
     progress: Progress | None = None,
 ) -> onnx.ModelProto:
     """Quantize a model to int8, part by part, and refuse the result if it no longer agrees.
@@ -236,6 +238,10 @@ def quantize(
         min_conv_channels: a convolution with fewer input channels per group (the stem on RGB or
             grey images) stays float32 inside an int8 part: onnxruntime's int8 convolution measured
             2.3x *slower* than float32 on a 3-channel stem. 0 quantizes every convolution.
+        global_pool: in a static int8 part, rewrite ``Transpose(NCHW→NHWC)`` → ``ReduceMean`` over
+            the spatial axes (how Keras' ``GlobalAveragePooling2D`` arrives) as ``GlobalAveragePool``
+            → ``Flatten`` before quantizing, so that onnxruntime pools in int8
+            (``QLinearGlobalAveragePool``) instead of dequantizing the whole feature map first.
         progress: called as ``progress(done, total)`` after each calibration batch.
 
     Returns:
@@ -275,6 +281,8 @@ def quantize(
     check_informative(held, what="holdout" if holdout is not None else "calibration (its held-out share)")
     import onnxruntime
 
+    static_parts = {p for p, v in choice.items() if v == "int8"}
+    qwork, pooled = global_pools(work, static_parts, node_parts(work)) if global_pool else (work, [])
     settings = {
         "format": format,
         "per_channel": per_channel,
@@ -284,6 +292,7 @@ def quantize(
         "calibrate_method": calibrate_method,
         "min_conv_channels": min_conv_channels,
         "kept_fp32": sorted(thin_convs(work, min_conv_channels)),
+        "global_pool": pooled,
         "calibration_batches": len(calib),
         "onnxruntime": onnxruntime.__version__,
     }
@@ -297,7 +306,7 @@ def quantize(
     logger.info("quantizing parts %s", choice)
     with tempfile.TemporaryDirectory(prefix="onnxstitch-quant-") as folder:
         try:
-            quantizer = _Quantizer(work, calib, Path(folder), options, progress)
+            quantizer = _Quantizer(qwork, calib, Path(folder), options, progress)
         except (ValueError, RuntimeError, KeyError, onnx.checker.ValidationError) as exc:
             raise StitchError(
                 f"onnxruntime's shape inference failed before quantization: {type(exc).__name__}: {exc}",

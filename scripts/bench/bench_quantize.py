@@ -37,8 +37,15 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any] | None, str], ...] = (
     ("fp32", "float32 merged", None, "all"),
     (
         "int8",
-        "**int8, ox.quantize defaults** (QDQ, per-channel U8S8, MinMax; stem conv and head fp32)",
+        "**int8, ox.quantize defaults** (QDQ, per-channel U8S8, MinMax; stem conv and head fp32; "
+        "global pool rewritten)",
         {},
+        "all",
+    ),
+    (
+        "no_pool",
+        "int8, global pool left as Transpose→ReduceMean (`global_pool=False`)",
+        {"global_pool": False},
         "all",
     ),
     ("stem_too", "int8, stem conv quantized too (`min_conv_channels=0`)", {"min_conv_channels": 0}, "all"),
@@ -51,6 +58,8 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any] | None, str], ...] = (
     ("int8_basic", "int8 defaults, ORT optimization `basic`", {}, "basic"),
 )
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+#: measured again on one thread by the calling thread's CPU time (other processes' load left out)
+CPU_VARIANTS = ("fp32", "int8", "no_pool")
 
 
 # ----------------------------------------------------------------------------- the hybrids
@@ -189,6 +198,36 @@ def measure(
     return {b: {n: statistics.median(times[(n, b)]) for n in variants} for b in BATCHES}
 
 
+def measure_cpu(
+    variants: dict[str, dict[str, Any]], h: dict[str, Any], repeats: dict[int, int]
+) -> dict[int, dict[str, float]]:
+    """Median CPU ms of the calling thread per run, one intra-op thread, one run of each variant in
+    turn (shuffled): a shared machine's other processes take wall time, not this thread's CPU time."""
+    import random
+
+    import onnxstitch as ox
+
+    names = [n for n in CPU_VARIANTS if n in variants]
+    sessions = {n: ox.Session(variants[n]["model"], device="cpu", threads=1) for n in names}
+    x = h["holdout"][h["input"]]
+    out: dict[int, dict[str, float]] = {}
+    for batch in BATCHES:
+        feed = {h["input"]: np.ascontiguousarray(x[:batch])}
+        for n in names:
+            for _ in range(3):
+                sessions[n].run(feed)
+        times: dict[str, list[float]] = collections.defaultdict(list)
+        order, rng = list(names), random.Random(batch)
+        for _ in range(repeats[batch]):
+            rng.shuffle(order)
+            for n in order:
+                started = time.thread_time()
+                sessions[n].run(feed)
+                times[n].append((time.thread_time() - started) * 1000)
+        out[batch] = {n: statistics.median(times[n]) for n in names}
+    return out
+
+
 def profile(model: Any, h: dict[str, Any], batch: int, runs: int) -> dict[str, Any]:
     """onnxruntime's profiler at ``batch``: ms per op type, and the float ops left in the int8 graph."""
     import onnxruntime as ort
@@ -250,6 +289,21 @@ def section(results: list[dict[str, Any]], threads: int, rounds: int, wall: floa
             cells = [f"{m[b][name]:.3f} ({m[b]['fp32'] / m[b][name]:.2f}×)" for b in BATCHES]
             acc = f"{v[name]['accuracy']:.2%} | " if h["labels"] is not None else ""
             lines.append(f"| {label} | {v[name]['agree']:.2%} | {acc}" + " | ".join(cells) + " |")
+        cpu = r.get("cpu")
+        if cpu:
+            names = list(cpu[BATCHES[0]])
+            labels = {n: label for n, label, _, _ in VARIANTS}
+            lines += [
+                "",
+                "The same on one intra-op thread, timed by the calling thread's CPU time (what other "
+                "processes take from this one is left out; one run of each variant in turn, medians):",
+                "",
+                "| variant (1 thread, CPU time) | " + " | ".join(f"batch {b} ms (×)" for b in BATCHES) + " |",
+                "| --- | " + " | ".join("---:" for _ in BATCHES) + " |",
+            ]
+            for name in names:
+                cells = [f"{cpu[b][name]:.3f} ({cpu[b]['fp32'] / cpu[b][name]:.2f}×)" for b in BATCHES]
+                lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
         p32, p8 = r["profile_fp32"], r["profile_int8"]
         lines += [
             "",
@@ -282,12 +336,15 @@ LIMITS = (
     "What limits it: onnxruntime's int8 convolution (QLinearConv, U8S8 on MLAS's VNNI kernels) is most "
     "of the int8 time, and on layers of 16-64 channels it stays far from VNNI's 4× int8:fp32 peak; the "
     "thinner the layer, the less it gains, and a 1- or 3-channel stem is slower in int8 (kept float32 by "
-    "`min_conv_channels=4`). What stays float: the stem, the small torch head (what pays), the global "
-    "average pool (ReduceMean) and the layout work around the float stem (Transpose/ReorderOutput). At "
-    "batch 1 a whole run of the digits model (8×8 images) takes about 40 µs: the fixed cost per run and "
-    "per node weighs most, and int8 does not reduce it. ORT optimization `basic` leaves the QDQ pairs "
-    "unfused and the float convolutions out of the blocked NCHWc layout: 1.5-8× slower than at `all` "
-    "(the default of `ox.Session`)."
+    "`min_conv_channels=4`). What stays float: the stem, the small torch head (what pays) and the layout "
+    "work around the float stem (ReorderOutput, Transpose); Keras' global average pool (Transpose → "
+    "ReduceMean) is rewritten to GlobalAveragePool and pools in int8 (`global_pool=True`). At batch 1 a "
+    "whole run of the digits model (8×8 images) takes 20-40 µs, of which onnxruntime's fixed cost per "
+    "run (an Identity model from Python) is about 6 µs, and the per-node cost weighs most; int8 does not "
+    "reduce either. With 2 intra-op threads on a machine whose other processes keep both cores busy, "
+    "wall-clock ratios move by a third between runs; the 1-thread CPU-time table leaves that load out. "
+    "ORT optimization `basic` leaves the QDQ pairs unfused and the float convolutions out of the blocked "
+    "NCHWc layout: 1.5-8× slower than at `all` (the default of `ox.Session`)."
 )
 
 
@@ -329,10 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         h["threads"] = args.threads
         variants = make_variants(h)
         medians = measure(variants, h, rounds, repeats)
+        cpu = measure_cpu(variants, h, {b: max(3 * n, 30) for b, n in repeats.items()})
         for b in BATCHES:
             print(
                 f"  batch {b}: "
-                + ", ".join(f"{n} {medians[b]['fp32'] / t:.2f}×" for n, t in medians[b].items()),
+                + ", ".join(f"{n} {medians[b]['fp32'] / t:.2f}×" for n, t in medians[b].items())
+                + " | 1 thread, CPU time: "
+                + ", ".join(f"{n} {cpu[b]['fp32'] / t:.2f}×" for n, t in cpu[b].items()),
                 flush=True,
             )
         results.append(
@@ -340,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "hybrid": h,
                 "variants": variants,
                 "medians": medians,
+                "cpu": cpu,
                 "profile_fp32": profile(h["model"], h, 64, 20),
                 "profile_int8": profile(variants["int8"]["model"], h, 64, 20),
             }

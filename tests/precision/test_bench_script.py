@@ -39,6 +39,7 @@ def test_measure_profile_and_section(bench: Any) -> None:
     }
     variants = {
         name: {
+            "model": model if options is None else q,
             "session": ox.Session(model if options is None else q, device="cpu", threads=1),
             "agree": 1.0,
             "accuracy": 0.1,
@@ -47,11 +48,20 @@ def test_measure_profile_and_section(bench: Any) -> None:
     }
     medians = bench.measure(variants, h, rounds=1, repeats={1: 2, 8: 2, 64: 1})
     assert set(medians) == set(bench.BATCHES) and all(v > 0 for m in medians.values() for v in m.values())
+    cpu = bench.measure_cpu(variants, h, {1: 2, 8: 2, 64: 1})
+    assert set(cpu[1]) == set(bench.CPU_VARIANTS) and all(v > 0 for m in cpu.values() for v in m.values())
     p32, p8 = bench.profile(model, h, 8, 2), bench.profile(q, h, 8, 2)
     assert p32["total"] > 0 and "MatMul" in dict(p32["ops"])
     assert "DynamicQuantizeMatMul" in dict(p8["ops"])  # onnxruntime fused the dynamic int8 MatMul
-    result = {"hybrid": h, "variants": variants, "medians": medians, "profile_fp32": p32, "profile_int8": p8}
+    result = {
+        "hybrid": h,
+        "variants": variants,
+        "medians": medians,
+        "cpu": cpu,
+        "profile_fp32": p32,
+        "profile_int8": p8,
+    }
     text = bench.section([result], 1, 1, 1.0)
     assert "### tiny MLP" in text and "| float32 merged | 100.00% | 10.00% |" in text
     assert "| ≥ 99 % top-1 agreement with the native chain (360 test images) | 100.00% | yes |" in text
-    assert bench.LIMITS in text
+    assert bench.LIMITS in text and "| variant (1 thread, CPU time) |" in text
