@@ -254,3 +254,24 @@ def test_cli_round_trip(model: onnx.ModelProto, tmp_path: Path, monkeypatch: pyt
         app, ["score", "m.onnx", "-i", "d.parquet", "-o", "q.parquet", "--map", "features"]
     )
     assert result.exit_code == 1 and "expected column=input" in result.output
+
+
+def test_batches_coming_back_out_of_order_are_put_back_in_source_order() -> None:
+    # the Ray engine's driver side (no Ray needed): rows tagged with their index in the source
+    from onnxstitch.runtime.scoring._ray import ROW, _InOrder
+
+    def rows(a: int, b: int) -> Any:
+        return pa.table({"v": np.arange(a, b) * 2, ROW: np.arange(a, b)})
+
+    order = _InOrder()
+    arrivals = [
+        rows(5, 9),
+        rows(9, 12).take([2, 0, 1]),
+        pa.concat_tables([rows(14, 16), rows(12, 14)]),
+        rows(0, 5),
+    ]
+    written = [order.push(batch) for batch in arrivals]
+    assert [len(w) for w in written] == [0, 0, 0, 4]  # nothing leaves before row 0 has come
+    out = pa.concat_tables([t for w in written for t in w])
+    assert out.column_names == ["v"] and out["v"].to_pylist() == list(range(0, 32, 2))
+    assert not order.early and order.next == 16
