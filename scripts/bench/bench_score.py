@@ -229,7 +229,9 @@ def _write(
         f"{rows:,} rows the Ray engine costs {per_row[1]:+.1f} us per row with 1 actor and "
         f"{per_row[2]:+.1f} us with 2 against the local engine on the same 2 cores (its reading, "
         "object-store copies and actors run in processes that share those cores, and every output "
-        "batch comes back to the driver, which writes the file). Ray pays off across machines, not on one.",
+        "batch comes back to the driver, which writes the file). Each actor's session runs 1 intra-op thread "
+        "(`threads`), the local engine's onnxruntime's default (one per core). On one machine Ray does not "
+        "pay; its use is more machines than one (not measured here).",
         "",
         'Peak RSS of `ox.score(engine="local")` in a fresh process (`/usr/bin/time -f %M`):',
         "",
