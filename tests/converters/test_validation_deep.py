@@ -186,10 +186,25 @@ def keras_net() -> dict[str, Any]:
 
 
 def test_keras_deep_net_passes_default_validation_but_not_elementwise(keras_net: dict[str, Any]) -> None:
-    """The elementwise rule at the same tolerances refuses this right conversion (issue 11, item 5)."""
+    """The elementwise rule at the same tolerances refuses a right conversion (issue 11, item 5).
+
+    How far float32 reassociation through this net strays depends on the CPU's kernels: ~2e-5 on
+    near-zero logits, right at the elementwise bound (``1e-5 + 1e-4 * |ref|``) on an AMD EPYC, past it
+    on the Intel machine of issue 11. So the reference here is the Keras net plus reassociation noise
+    of that size, 3e-5 on every logit under 0.05 in magnitude, kept deterministic: the scaled default
+    still passes with a wide margin, the elementwise rule refuses.
+    """
     assert max(_margins(keras_net["report"])) < 0.2
+
+    def noisy(x: np.ndarray) -> np.ndarray:
+        out = keras_net["reference"](x)
+        signs = np.where(np.arange(out.size).reshape(out.shape) % 2 == 0, 1.0, -1.0).astype(out.dtype)
+        return out + np.where(np.abs(out) < 0.05, 3e-5 * signs, 0.0).astype(out.dtype)
+
+    report = _common.validate(keras_net["model"], noisy, what="keras net")
+    assert max(_margins(report)) < 0.2
     with pytest.raises(ValidationError, match="elements out of tolerance"):
-        _common.validate(keras_net["model"], keras_net["reference"], what="keras net", metric="elementwise")
+        _common.validate(keras_net["model"], noisy, what="keras net", metric="elementwise")
 
 
 @pytest.mark.parametrize("bug", BUGS)
