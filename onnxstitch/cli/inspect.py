@@ -69,9 +69,15 @@ def _precision_line(record: dict[str, Any]) -> str:
     if gate.get("agreement") is None:
         return f"precision  {parts}"
     verdict = "passed" if gate.get("passed") else "FAILED"
+    speed = record.get("speed") or {}
+    pace = (
+        f"; {speed['ratio']:.2f}x the float32 speed at batch {speed['batch']} where it was converted"
+        if speed.get("ratio") is not None
+        else ""
+    )
     return (
         f"precision  {parts}; gate {verdict}: lowest agreement {gate['agreement']:.4f} "
-        f"(min {gate.get('min_agreement')})"
+        f"(min {gate.get('min_agreement')}){pace}"
     )
 
 

@@ -137,6 +137,7 @@ def fp16_command(
 
 def _report(record: dict[str, Any] | None, output: Path, json_out: bool) -> None:
     from onnxstitch.precision import PrecisionReport
+    from onnxstitch.precision._speed import speed_note
 
     if json_out:
         print_json(record)
@@ -144,6 +145,9 @@ def _report(record: dict[str, Any] | None, output: Path, json_out: bool) -> None
     console.print(f"wrote {output}", markup=False)
     if record:
         console.print(str(PrecisionReport.from_dict(record)), markup=False, soft_wrap=True)
+        note = speed_note(record["speed"], record["parts"], cli=True) if record.get("speed") else None
+        if note:
+            console.print(f"note: {note}", markup=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -35,7 +35,8 @@ next to ``inspect``, and pinned by ``tests/files``):
     nodes without a part in ``"(unassigned)"``. Empty for a model that was not merged.
 ``precision``
     what ``ox.quantize``/``ox.to_fp16`` recorded (``onnxstitch.precision``): ``{"parts": {part:
-    precision}, "gate": {"passed", "agreement", "min_agreement"}}`` with ``precision`` one of
+    precision}, "gate": {"passed", "agreement", "min_agreement"}}`` (plus ``"speed"``, the converted
+    model timed against float32 where it was converted, when recorded) with ``precision`` one of
     ``"int8"``, ``"int8-dynamic"``, ``"fp16"``, ``"fp32"`` (a model that was not merged is the one
     part ``"model"``), or ``None`` when nothing was recorded.
 ``metadata``
@@ -170,7 +171,7 @@ def _precision(raw: str | None) -> dict[str, Any] | None:
     gate: dict[str, Any] = record["gate"] if isinstance(record.get("gate"), dict) else {}
     rows = [r for r in gate.get("rows", []) if isinstance(r, dict)]
     agreement = min((float(r.get("agreement", 0.0)) for r in rows), default=None)
-    return {
+    out: dict[str, Any] = {
         "parts": {str(k): str(v) for k, v in record["parts"].items()},
         "gate": {
             "passed": gate.get("passed"),
@@ -178,6 +179,9 @@ def _precision(raw: str | None) -> dict[str, Any] | None:
             "min_agreement": gate.get("min_agreement"),
         },
     }
+    if isinstance(record.get("speed"), dict):
+        out["speed"] = dict(record["speed"])
+    return out
 
 
 def _sorted_counts(counter: Counter[str]) -> dict[str, int]:

@@ -14,6 +14,7 @@ from onnxstitch.errors import PrecisionError
 from onnxstitch.precision._calibration import Feeds
 from onnxstitch.precision._gate import FLOAT32, NATIVE, PrecisionReport, judge, reference_outputs, run_model
 from onnxstitch.precision._parts import restore_provenance, write_precision
+from onnxstitch.precision._speed import measure_speed, warn_speed
 
 __all__ = ["gated", "quiet_root_logger"]
 
@@ -67,7 +68,9 @@ def gated(
     if reference is not None:
         expected.append((NATIVE, reference_outputs(reference, holdout, work)))
     rows = judge(result, expected, holdout, min_agreement=min_agreement, rtol=rtol)
-    report = PrecisionReport(dict(choice), tuple(rows), min_agreement, rtol, holdout_text, settings)
+    # timed whether or not the gate passes (the failure's report shows it too); never changes the choice
+    speed = measure_speed(work, result, holdout, precision=what) if converted_parts else None
+    report = PrecisionReport(dict(choice), tuple(rows), min_agreement, rtol, holdout_text, settings, speed)
     logger.info(
         "%s gate: lowest agreement %.4f (%s)", what, report.agreement, "passed" if report else "failed"
     )
@@ -88,6 +91,9 @@ def gated(
             hint=f"keep part {worst!r} in float32 (parts={keep}), calibrate on more representative data, "
             f"or lower min_agreement",
         )
+    if speed is not None:
+        logger.info("%s speed: %.2fx the float32 model at batch %d", what, speed["ratio"], speed["batch"])
+        warn_speed(speed, choice)
     restore_provenance(result, original, choice)
     write_precision(result, report.to_dict())
     return result

@@ -73,6 +73,9 @@ class PrecisionReport:
         rtol: the tolerance of the non-classifier outputs.
         holdout: where the compared samples came from.
         settings: how the model was converted (format, per-channel, types, calibration method …).
+        speed: the converted model timed against the float32 model on this machine (``batch``,
+            ``float32_ms``, ``quantized_ms``, ``ratio`` = float32_ms / quantized_ms, ``runs``,
+            ``device``, ``precision``), or ``None`` when nothing was converted.
     """
 
     parts: dict[str, str]
@@ -81,6 +84,7 @@ class PrecisionReport:
     rtol: float
     holdout: str
     settings: dict[str, Any] = field(default_factory=dict)
+    speed: dict[str, Any] | None = None
 
     def __bool__(self) -> bool:
         return bool(self.rows) and all(r.passed for r in self.rows)
@@ -102,7 +106,7 @@ class PrecisionReport:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-friendly form (what the model's ``onnxstitch.precision`` metadata holds)."""
-        return {
+        out: dict[str, Any] = {
             "parts": dict(self.parts),
             "settings": dict(self.settings),
             "gate": {
@@ -113,6 +117,9 @@ class PrecisionReport:
                 "rows": [r.to_dict() for r in self.rows],
             },
         }
+        if self.speed is not None:
+            out["speed"] = dict(self.speed)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PrecisionReport:
@@ -126,6 +133,7 @@ class PrecisionReport:
             float(gate.get("rtol", 0.0)),
             str(gate.get("holdout", "")),
             dict(data.get("settings", {})),
+            dict(data["speed"]) if data.get("speed") else None,
         )
 
     def __str__(self) -> str:
@@ -135,6 +143,10 @@ class PrecisionReport:
             f"precision gate ({parts}): {verdict}; min agreement {self.min_agreement:g}",
             f"hold-out: {self.holdout}",
         ]
+        if self.speed:
+            from onnxstitch.precision._speed import speed_line
+
+            lines.append(speed_line(self.speed))
         header = (
             "against",
             "metric",

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import onnxstitch as ox
 from onnxstitch.cli import app
-from onnxstitch.precision import part_precisions
+from onnxstitch.precision import part_precisions, read_precision
 
 
 def _flat(text: str) -> str:
@@ -42,6 +42,8 @@ def test_quantize_round_trip_and_inspect(hybrid: Hybrid, tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     assert "calibrating" in result.stderr or "quantizing" in result.stderr
     assert f"wrote {out}" in result.stdout and "output 'output':" in result.stdout
+    assert "speed (batch 16, this machine's CPU" in _flat(result.stdout)
+    assert ("does not pay here" in result.stdout) == (read_precision(ox.load(out))["speed"]["ratio"] < 1)  # type: ignore[index]
     q = ox.load(out)
     onnx.checker.check_model(str(out), full_check=True)
     assert part_precisions(q) == {"backbone": "int8", "head": "fp32"}
@@ -52,6 +54,7 @@ def test_quantize_round_trip_and_inspect(hybrid: Hybrid, tmp_path: Path) -> None
     assert shown.exit_code == 0, shown.output
     text = _flat(shown.stdout)
     assert "precision backbone int8, head fp32; gate passed" in text
+    assert "x the float32 speed at batch 16 where it was converted" in text
     data = json.loads(CliRunner().invoke(app, ["inspect", str(out), "--json"]).stdout)
     assert data["precision"]["parts"] == {"backbone": "int8", "head": "fp32"}
     assert data["precision"]["gate"]["passed"] is True
@@ -97,5 +100,6 @@ def test_fp16_round_trip(hybrid: Hybrid, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["parts"] == {"backbone": "fp16", "head": "fp16"} and record["gate"]["passed"]
+    assert record["speed"]["precision"] == "float16" and record["speed"]["float32_ms"] > 0
     onnx.checker.check_model(str(out), full_check=True)
     ox.Session(out, device="cpu").run({hybrid.input: images(4, 6)})

@@ -1,0 +1,136 @@
+"""Whether a conversion pays: the converted model timed against the float32 model on this machine.
+
+The gate says whether the result still agrees; this says whether it is faster. Both models run in
+one onnxruntime CPU session each (``ox.Session``'s defaults), on the hold-out samples batched (up to
+:data:`MAX_BATCH` of them per run): a few warm-up runs, then interleaved runs, the median of each.
+The timing never changes what is converted (the result stays deterministic); it is recorded and,
+for int8 slower than float32, warned about.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxstitch.precision._calibration import Feeds
+
+__all__ = ["MAX_BATCH", "measure_speed", "speed_line", "speed_note", "warn_speed"]
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 64
+BUDGET_S = 1.0
+WARMUP = 2
+MIN_PAIRS = 3
+MAX_PAIRS = 25
+
+
+def timing_batch(model: onnx.ModelProto, holdout: Sequence[Feeds]) -> Feeds:
+    """The hold-out samples as one batch of up to :data:`MAX_BATCH` (the first hold-out feed when an
+    input's batch dimension is fixed)."""
+    fixed = any(
+        i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].HasField("dim_value")
+        for i in model.graph.input
+    )
+    if fixed or len(holdout) == 1:
+        return {k: v[:MAX_BATCH] if not fixed else v for k, v in holdout[0].items()}
+    return {k: np.concatenate([f[k] for f in holdout])[:MAX_BATCH] for k in holdout[0]}
+
+
+def measure_speed(
+    float_model: onnx.ModelProto,
+    converted: onnx.ModelProto,
+    holdout: Sequence[Feeds],
+    *,
+    precision: str,
+    budget_s: float = BUDGET_S,
+) -> dict[str, Any]:
+    """Median milliseconds per batch of both models: ``{"batch", "float32_ms", "quantized_ms",
+    "ratio" (float32_ms / quantized_ms: above 1 the converted model is faster), "runs", "device",
+    "precision"}``. Timing stops after ``budget_s`` seconds of runs (at least a few each)."""
+    from onnxstitch.runtime.session import Session
+
+    feed = timing_batch(float_model, holdout)
+    sessions = [Session(float_model, device="cpu"), Session(converted, device="cpu")]
+    feeds = []
+    for session in sessions:
+        # a float16 model without float32 inputs (keep_io_types=False) takes the samples in float16
+        dtypes = {i.name: i.dtype for i in session.inputs}
+        feeds.append(
+            {
+                k: v.astype(dtypes[k]) if k in dtypes and v.dtype != dtypes[k] and v.dtype.kind == "f" else v
+                for k, v in feed.items()
+            }
+        )
+    for _ in range(WARMUP):
+        for session, f in zip(sessions, feeds, strict=True):
+            session.run(f)
+    times: list[list[float]] = [[], []]
+    start = time.perf_counter()
+    while len(times[0]) < MAX_PAIRS and (len(times[0]) < MIN_PAIRS or time.perf_counter() - start < budget_s):
+        for i, (session, f) in enumerate(zip(sessions, feeds, strict=True)):
+            t0 = time.perf_counter()
+            session.run(f)
+            times[i].append(time.perf_counter() - t0)
+    float_ms, quant_ms = (statistics.median(t) * 1000.0 for t in times)
+    batch = len(next(iter(feed.values()))) if feed else 1
+    return {
+        "batch": batch,
+        "float32_ms": round(float_ms, 3),
+        "quantized_ms": round(quant_ms, 3),
+        "ratio": round(float_ms / quant_ms, 3) if quant_ms > 0 else float("inf"),
+        "runs": len(times[0]),
+        "device": "cpu",
+        "precision": precision,
+    }
+
+
+def speed_line(speed: Mapping[str, Any]) -> str:
+    """``speed (batch 64, this machine's CPU): float32 22.6 ms, int8 28.6 ms per batch: 0.79x``."""
+    precision = speed.get("precision", "converted")
+    return (
+        f"speed (batch {speed['batch']}, this machine's {str(speed.get('device', 'cpu')).upper()}, "
+        f"median of {speed.get('runs', '?')}): float32 {speed['float32_ms']:.3g} ms, {precision} "
+        f"{speed['quantized_ms']:.3g} ms per batch: {speed['ratio']:.2f}x the float32 speed"
+    )
+
+
+def speed_note(speed: Mapping[str, Any], parts: Mapping[str, str], *, cli: bool) -> str | None:
+    """What to tell the user when the converted model is slower than float32, or ``None``.
+
+    ``parts`` is the ``{part: precision}`` choice; ``cli`` phrases the advice as command-line options
+    (else as ``ox.quantize`` arguments)."""
+    ratio = float(speed["ratio"])
+    if ratio >= 1.0:
+        return None
+    precision = str(speed.get("precision", "int8"))
+    head = f"{precision} is {ratio:.2f}x the float32 speed at batch {speed['batch']} on this machine"
+    if precision in ("fp16", "float16"):
+        return f"{head} (on CPU; fp16 is meant for GPUs)"
+    converted = [p for p, v in parts.items() if v != "fp32"]
+    if cli:
+        keep = " ".join(f"--part {p}=fp32" for p in converted)
+        other = "--part PART=int8-dynamic, --min-conv-channels 0"
+    else:
+        keep = "parts=" + repr({p: "fp32" for p in converted})
+        other = "int8-dynamic, min_conv_channels=0"
+    return (
+        f"{head}: it does not pay here; keep the part{'s' if len(converted) > 1 else ''} float32 "
+        f"({keep}) or try {other} (fewer float32 islands, each with quantize/dequantize around it), "
+        f"or measure on the deploy target"
+    )
+
+
+def warn_speed(speed: Mapping[str, Any], parts: Mapping[str, str]) -> str | None:
+    """Log :func:`speed_note` (a WARNING for int8, INFO for fp16 on CPU) and return it."""
+    note = speed_note(speed, parts, cli=False)
+    if note is not None:
+        fp16 = speed.get("precision") in ("fp16", "float16")
+        logger.log(logging.INFO if fp16 else logging.WARNING, "%s", note)
+    return note
