@@ -116,14 +116,12 @@ def speed_note(speed: Mapping[str, Any], parts: Mapping[str, str], *, cli: bool)
     converted = [p for p, v in parts.items() if v != "fp32"]
     if cli:
         keep = " ".join(f"--part {p}=fp32" for p in converted)
-        other = "--part PART=int8-dynamic, --min-conv-channels 0"
     else:
         keep = "parts=" + repr({p: "fp32" for p in converted})
-        other = "int8-dynamic, min_conv_channels=0"
     return (
         f"{head}: it does not pay here; keep the part{'s' if len(converted) > 1 else ''} float32 "
-        f"({keep}) or try {other} (fewer float32 islands, each with quantize/dequantize around it), "
-        f"or measure on the deploy target"
+        f"({keep}) or try it on the deploy target (int8 pays on wide convolutions and CPUs with "
+        f"VNNI; thin and depthwise convolutions stay float32, each with quantize/dequantize around it)"
     )
 
 
