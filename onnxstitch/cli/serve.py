@@ -63,9 +63,10 @@ def serve_command(
     from onnxstitch.runtime.serve import serve
 
     def announce(served: ServedModel) -> None:
+        versions = [version for version, _ in served.served_versions()]
+        which = f"versions {', '.join(versions)}" if len(versions) > 1 else f"version {served.version}"
         err_console.print(
-            f"serving [bold]{served.name}[/] (version {served.version}) on http://{host}:{port} "
-            f"and grpc {host}:{grpc_port}",
+            f"serving [bold]{served.name}[/] ({which}) on http://{host}:{port} and grpc {host}:{grpc_port}",
             highlight=False,
         )
 

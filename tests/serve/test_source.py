@@ -118,6 +118,7 @@ def test_config_parsers_agree() -> None:
         "max_batch_size": 16,
         "default_model_filename": "",
         "max_queue_delay_microseconds": 100,
+        "version_policy": ("latest", [1]),
     }
     assert _parse_minimal(CONFIG) == full
     for text, delay in (("dynamic_batching {\n}\n", 0), ("# dynamic_batching { }\n", None)):
@@ -130,3 +131,82 @@ def test_invalid_config_is_refused() -> None:
         parse_model_config('name: "a"\nmax_batch_size: "lots"\n')
     with pytest.raises(ServeError, match="unbalanced"):
         _parse_minimal("input [ } }\n")
+
+
+@pytest.mark.parametrize(
+    ("policy", "want"),
+    [
+        ("", ("latest", [1])),
+        ("version_policy: { latest: { num_versions: 2 } }", ("latest", [2])),
+        ("version_policy: { all: {} }", ("all", [])),
+        ("version_policy { all { } }", ("all", [])),
+        (
+            "version_policy: { specific: { versions: [ 1, 3 ] } }\n# version 1: the model",
+            ("specific", [1, 3]),
+        ),
+        ("version_policy {\n  specific {\n    versions: 2\n    versions: 4\n  }\n}", ("specific", [2, 4])),
+    ],
+)
+def test_config_parsers_agree_on_the_version_policy(policy: str, want: tuple[str, list[int]]) -> None:
+    text = f'name: "adder"\n{policy}\nmax_batch_size: 4\n'
+    assert parse_model_config(text)["version_policy"] == want
+    assert _parse_minimal(text)["version_policy"] == want
+
+
+def _set_policy(model_dir: Path, policy: str) -> None:
+    config = model_dir / "config.pbtxt"
+    text = config.read_text(encoding="utf-8")
+    kept = [line for line in text.splitlines() if not line.startswith(("version_policy", "# version"))]
+    config.write_text("\n".join([kept[0], policy, *kept[1:]]) + "\n", encoding="utf-8")
+
+
+@pytest.fixture
+def three_versions(tmp_path: Path, add_model: onnx.ModelProto) -> Path:
+    repo = tmp_path / "repo"
+    for version in (1, 2, 5):
+        deploy_triton(add_model, repo, name="adder", version=version)
+    return repo
+
+
+@pytest.mark.parametrize(
+    ("policy", "want"),
+    [
+        ("", ["5"]),
+        ("version_policy: { latest: { num_versions: 2 } }", ["2", "5"]),
+        ("version_policy: { latest: { num_versions: 9 } }", ["1", "2", "5"]),
+        ("version_policy: { all: {} }", ["1", "2", "5"]),
+        ("version_policy: { specific: { versions: [ 2, 1 ] } }", ["1", "2"]),
+    ],
+)
+def test_the_version_policy_picks_the_served_versions(
+    three_versions: Path, policy: str, want: list[str]
+) -> None:
+    _set_policy(three_versions / "adder", policy)
+    served = resolve_target(three_versions)
+    assert [version for version, _ in served.served_versions()] == want
+    assert [path for _, path in served.served_versions()] == [
+        (three_versions / "adder" / v / "model.onnx").resolve() for v in want
+    ]
+    assert (served.version, served.path) == served.served_versions()[-1]  # unversioned: the newest
+
+
+def test_a_listed_version_without_its_folder_is_refused(three_versions: Path) -> None:
+    _set_policy(three_versions / "adder", "version_policy: { specific: { versions: [ 1, 3, 4 ] } }")
+    with pytest.raises(ServeError, match=r"model 'adder': version_policy lists versions 3, 4 but") as info:
+        resolve_target(three_versions)
+    assert "it has: 1, 2, 5" in str(info.value) and "adder/3/" in str(info.value.hint)
+
+
+def test_a_version_policy_serving_nothing_is_refused(three_versions: Path) -> None:
+    _set_policy(three_versions / "adder", "version_policy: { latest: { num_versions: 0 } }")
+    with pytest.raises(ServeError, match="num_versions of 1 or more, got 0"):
+        resolve_target(three_versions)
+    _set_policy(three_versions / "adder", "version_policy: { specific: { } }")
+    with pytest.raises(ServeError, match="lists no version"):
+        resolve_target(three_versions)
+
+
+def test_a_bare_model_file_serves_one_version(tmp_path: Path, add_model: onnx.ModelProto) -> None:
+    path = tmp_path / "m.onnx"
+    onnx.save(add_model, path)
+    assert resolve_target(path).served_versions() == (("1", path.resolve()),)

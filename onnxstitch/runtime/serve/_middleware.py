@@ -172,6 +172,7 @@ class ProtocolMiddleware:
         hide: strings (folders) replaced by ``<hidden>`` in error bodies.
         model_name: the served model, whose ``config`` is answered here.
         config: Triton's JSON form of its ``ModelConfig`` (``None``: the route answers 404).
+        versions: the served versions; the config of another one answers 404 (empty: any).
     """
 
     def __init__(
@@ -182,8 +183,10 @@ class ProtocolMiddleware:
         hide: Sequence[str] = (),
         model_name: str = "",
         config: dict[str, Any] | None = None,
+        versions: Sequence[str] = (),
     ) -> None:
         self.app = app
+        self.versions = list(versions)
         self.max_body_bytes = max_body_bytes
         self.hide = [h for h in hide if h]
         self.model_name = model_name
@@ -195,7 +198,7 @@ class ProtocolMiddleware:
             return
         config_route = _CONFIG.match(scope["path"]) if scope["method"] == "GET" else None
         if config_route is not None:
-            await self._send_config(send, config_route.group(1))
+            await self._send_config(send, config_route.group(1), config_route.group(2))
             return
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
         try:
@@ -297,10 +300,12 @@ class ProtocolMiddleware:
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
 
-    async def _send_config(self, send: Send, name: str) -> None:
+    async def _send_config(self, send: Send, name: str, version: str | None = None) -> None:
         """Triton's ``GET /v2/models/NAME[/versions/V]/config``: the model's config as JSON."""
         if name != self.model_name:
             await self._send_error(send, 404, f"Model {name} not found")
+        elif version and self.versions and version not in self.versions:
+            await self._send_error(send, 404, f"Model {name} with version {version} not found")
         elif self.config is None:
             message = f"no Triton model config for model {name!r}: tritonclient's schema is not "
             await self._send_error(send, 404, message + "installed or Triton cannot serve its signature")

@@ -52,12 +52,16 @@ _OUR_ERRORS = {cls.__module__ + "." + cls.__name__: cls for cls in (BadRequest, 
 
 
 class _ValidatingDataPlane:
-    """MLServer's data plane, with every request to our model checked before it is queued."""
+    """MLServer's data plane, with every request to our model checked (against the signature of
+    the version it asks for; the newest without one) before it is queued."""
 
-    def __init__(self, inner: DataPlane, model_name: str, signature: list[TensorInfo]) -> None:
+    def __init__(
+        self, inner: DataPlane, model_name: str, signatures: dict[str, list[TensorInfo]], default: str
+    ) -> None:
         self._inner = inner
         self._model_name = model_name
-        self._signature = signature
+        self._signatures = signatures
+        self._default = default
 
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._inner, name)
@@ -74,18 +78,22 @@ class _ValidatingDataPlane:
         return call
 
     async def ready(self) -> bool:
-        """Ready once the served model is loaded (MLServer says ready with no model loaded yet)."""
+        """Ready once every served version is loaded (MLServer says ready with none loaded yet)."""
         try:
-            return bool(await self._inner.model_ready(self._model_name))
+            for version in self._signatures:
+                if not await self._inner.model_ready(self._model_name, version):
+                    return False
         except ModelNotFound:
             return False
+        return True
 
     async def infer(
         self, payload: InferenceRequest, name: str, version: str | None = None
     ) -> InferenceResponse:
-        if name == self._model_name:
+        signature = self._signatures.get(version or self._default)
+        if name == self._model_name and signature is not None:
             try:
-                decode_inputs(self._signature, request_tensors(payload))
+                decode_inputs(signature, request_tensors(payload))
             except InputError as exc:
                 raise BadRequest(str(exc)) from None
         try:
@@ -132,18 +140,18 @@ def _unwrap(exc: WorkerError, name: str) -> MLServerError:
 
 
 class _FixedRepository(ModelRepository):  # type: ignore[misc]
-    """The one model this server was started with."""
+    """The one model this server was started with (one settings object per served version)."""
 
-    def __init__(self, settings: ModelSettings) -> None:
+    def __init__(self, settings: builtins.list[ModelSettings]) -> None:
         self._settings = settings
 
     async def list(self) -> builtins.list[ModelSettings]:
-        return [self._settings]
+        return builtins.list(self._settings)
 
     async def find(self, name: str) -> builtins.list[ModelSettings]:
-        if name != self._settings.name:
+        if name != self._settings[0].name:
             raise ModelNotFound(name)
-        return [self._settings]
+        return builtins.list(self._settings)
 
 
 class _ReadOnlyRepositoryHandlers(ModelRepositoryHandlers):  # type: ignore[misc]
@@ -206,8 +214,8 @@ class _Server(MLServer):  # type: ignore[misc]
     def __init__(
         self,
         settings: Settings,
-        model: ModelSettings,
-        signature: list[TensorInfo],
+        models: list[ModelSettings],
+        signatures: dict[str, list[TensorInfo]],
         hide: list[str],
         config: dict[str, Any] | None,
     ) -> None:
@@ -215,8 +223,8 @@ class _Server(MLServer):  # type: ignore[misc]
         self.signalled: bool | None = None  # whether the first stop came from a signal
         # MLServer's gRPC handlers look their status codes up here at each error
         grpc_utils.STATUS_CODE_MAPPING.update(_GRPC_CODES)
-        self._served_settings = model
-        self._signature = signature
+        self._served_settings = models
+        self._signatures = signatures
         self._hide = hide
         super().__init__(settings)
 
@@ -232,7 +240,9 @@ class _Server(MLServer):  # type: ignore[misc]
 
     def _create_servers(self) -> None:
         inner = self._data_plane  # type: ignore[has-type]
-        self._data_plane = _ValidatingDataPlane(inner, self._served_settings.name, self._signature)
+        newest = self._served_settings[-1]
+        default = list(self._signatures)[-1]  # the newest served version, as in MLServer
+        self._data_plane = _ValidatingDataPlane(inner, newest.name, self._signatures, default)
         self._model_repository_handlers = _ReadOnlyRepositoryHandlers(
             repository=_FixedRepository(self._served_settings), model_registry=self._model_registry
         )
@@ -244,14 +254,22 @@ class _Server(MLServer):  # type: ignore[misc]
             ProtocolMiddleware,
             max_body_bytes=self._settings.grpc_max_message_length,
             hide=self._hide,
-            model_name=self._served_settings.name,
+            model_name=newest.name,
             config=self._config,
+            versions=list(self._signatures),
         )
+
+
+def _per_version(value: Any, served: ServedModel) -> dict[str, Any]:
+    """``value`` keyed by served version: as given when it is a dict, else the same for each."""
+    if isinstance(value, dict):
+        return value
+    return {version: value for version, _ in served.served_versions()}
 
 
 def _settings(
     served: ServedModel, options: dict[str, Any], runtime: str, platform: str
-) -> tuple[Settings, ModelSettings]:
+) -> tuple[Settings, list[ModelSettings]]:
     settings = Settings(
         debug=False,
         host=options["host"],
@@ -270,18 +288,24 @@ def _settings(
         model_repository_root=str(served.path.parent),
         load_models_at_startup=False,
     )
-    model = ModelSettings(
-        name=served.name,
-        implementation=runtime,
-        platform=platform,
-        versions=[served.version],
-        inputs=[MetadataTensor(**t) for t in options["inputs"]],
-        outputs=[MetadataTensor(**t) for t in options["outputs"]],
-        max_batch_size=options["max_batch_size"],
-        max_batch_time=options["max_batch_time"],
-        parameters=ModelParameters(uri=str(served.path), version=served.version, extra=options["extra"]),
-    )
-    return settings, model
+    inputs = _per_version(options["inputs"], served)
+    outputs = _per_version(options["outputs"], served)
+    versions = [version for version, _ in served.served_versions()]
+    models = [
+        ModelSettings(
+            name=served.name,
+            implementation=runtime,
+            platform=platform,
+            versions=versions,
+            inputs=[MetadataTensor(**t) for t in inputs[version]],
+            outputs=[MetadataTensor(**t) for t in outputs[version]],
+            max_batch_size=options["max_batch_size"],
+            max_batch_time=options["max_batch_time"],
+            parameters=ModelParameters(uri=str(path), version=version, extra=options["extra"]),
+        )
+        for version, path in served.served_versions()
+    ]
+    return settings, models
 
 
 async def _listening(host: str, port: int) -> bool:
@@ -307,24 +331,28 @@ async def _ready(server: _Server, settings: Settings) -> bool:
 
 async def run_server(
     served: ServedModel,
-    signature: list[TensorInfo],
+    signature: list[TensorInfo] | dict[str, list[TensorInfo]],
     options: dict[str, Any],
     *,
     runtime: str,
     platform: str,
     on_ready: Callable[[ServedModel], None] | None = None,
 ) -> None:
-    """Start MLServer with the one model, call ``on_ready`` once it serves, return when it stopped.
+    """Start MLServer with the one model (each served version), call ``on_ready`` once it serves,
+    return when it stopped.
+
+    ``signature`` and ``options["inputs"]``/``["outputs"]`` are the model's, or dicts of them by
+    version when the versions differ.
 
     Raises:
         ServeError: the server stopped (or failed) before it was ready.
     """
-    settings, model = _settings(served, options, runtime, platform)
-    folders = {served.path.parent, served.path.parent.parent}
+    settings, models = _settings(served, options, runtime, platform)
+    folders = {served.path.parent.parent} | {path.parent for _, path in served.served_versions()}
     hide = sorted((str(f) for f in folders if len(f.parts) > 2), key=len, reverse=True)  # never '/' or '/tmp'
     quiet_mlserver()
-    server = _Server(settings, model, signature, hide, options.get("config"))
-    task = asyncio.create_task(_start(server, model))
+    server = _Server(settings, models, _per_version(signature, served), hide, options.get("config"))
+    task = asyncio.create_task(_start(server, models))
     while not task.done():
         if await _ready(server, settings):
             break
@@ -345,9 +373,9 @@ async def run_server(
     await task
 
 
-async def _start(server: _Server, model: ModelSettings) -> None:
+async def _start(server: _Server, models: list[ModelSettings]) -> None:
     try:
-        await server.start([model])
+        await server.start(models)
     except SystemExit as exc:  # uvicorn exits when it cannot bind
         await server.stop()
         raise ServeError(f"the REST server could not start (exit status {exc.code})") from None

@@ -202,6 +202,10 @@ def serve(
 ) -> int:
     """Serve one ONNX model over the KServe v2 / Open Inference Protocol until SIGTERM or SIGINT.
 
+    From a Triton repository, every version its ``version_policy`` selects is served (the newest
+    only by default, as Triton): ``/v2/models/NAME/versions/V/...`` (gRPC: ``model_version``)
+    reaches version V, an unversioned request the newest.
+
     Args:
         target: a ``.onnx`` file, a Triton model repository folder, or one model's folder in it.
         name: the model name (default: the repository's model, or the file's stem).
@@ -227,7 +231,8 @@ def serve(
 
     Raises:
         ServeError: the target, name or an option is invalid, a port is in use, the model cannot
-            be batched, or the server stopped before it was ready.
+            be batched, a version the repository's ``version_policy`` lists has no folder, or the
+            server stopped before it was ready.
         DeviceError: ``device`` is unknown or unavailable (checked before any server starts).
         MissingDependencyError: MLServer is not installed (``pip install 'onnxstitch[serve]'``).
         ServeError: also when ``tritonclient.grpc`` was imported in this process before: its copy
@@ -241,14 +246,23 @@ def serve(
     from onnxstitch.files import load
     from onnxstitch.files.manifest import manifest_path
 
-    proto = load(served.path, verify=manifest_path(served.path).is_file())
-    inputs, outputs = model_signature(proto)
     batch, wait = _batching(served, max_batch_size, max_batch_time)
-    _check_batching(batch, inputs, outputs)
-    _import_mlserver()
-    _check_device(proto, device, threads)
-    config = model_config_json(served, proto, max_batch_size=batch, max_batch_time=wait, device=device)
-    del proto
+    signatures: dict[str, list[TensorInfo]] = {}
+    metadata: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {}
+    config = None
+    for version, path in served.served_versions():  # each served version, checked before any server
+        proto = load(path, verify=manifest_path(path).is_file())
+        inputs, outputs = model_signature(proto)
+        _check_batching(batch, inputs, outputs)
+        _import_mlserver()
+        _check_device(proto, device, threads)
+        if version == served.version:
+            config = model_config_json(
+                served, proto, max_batch_size=batch, max_batch_time=wait, device=device
+            )
+        signatures[version] = inputs
+        metadata[version] = (_metadata(inputs), _metadata(outputs))
+        del proto
     from onnxstitch.runtime.serve._mlserver import run_server
 
     options = {
@@ -261,12 +275,12 @@ def serve(
         "max_batch_time": wait,
         "extra": {"timeout": timeout, "device": device, "threads": threads},
         "config": config,
-        "inputs": _metadata(inputs),
-        "outputs": _metadata(outputs),
+        "inputs": {version: pair[0] for version, pair in metadata.items()},
+        "outputs": {version: pair[1] for version, pair in metadata.items()},
     }
     try:
         asyncio.run(
-            run_server(served, inputs, options, runtime=_RUNTIME, platform=_PLATFORM, on_ready=on_start)
+            run_server(served, signatures, options, runtime=_RUNTIME, platform=_PLATFORM, on_ready=on_start)
         )
     except SystemExit as exc:  # uvicorn exits the process when it cannot bind
         raise ServeError(

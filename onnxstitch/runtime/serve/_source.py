@@ -2,8 +2,10 @@
 
 A repository is the folder :func:`~onnxstitch.runtime.deploy.deploy_triton` writes
 (``DIR/NAME/config.pbtxt`` + ``DIR/NAME/<version>/model.onnx``); the model folder ``DIR/NAME``
-itself is accepted too. The config gives the model's name, ``max_batch_size`` and file name;
-the newest numeric version folder is served (Triton's default version policy, ``latest: 1``).
+itself is accepted too. The config gives the model's name, ``max_batch_size``, file name and
+``version_policy``; the versions that policy selects are served, as Triton serves them: ``latest {
+num_versions: N }`` (the default, N=1) the N newest numeric version folders, ``all {}`` every one,
+``specific { versions: [...] }`` exactly those.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from onnxstitch.errors import ServeError
 
@@ -25,6 +27,7 @@ __all__ = [
     "model_config_json",
     "parse_model_config",
     "resolve_target",
+    "select_versions",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +51,9 @@ class ServedModel:
         max_batch_time: seconds the repository's dynamic batcher lets a request wait for others
             (``max_queue_delay_microseconds``), or ``None`` for a bare file or a config with no
             ``dynamic_batching`` block.
+        versions: every served ``(version, file)``, oldest first, the repository config's
+            ``version_policy`` selects; ``path`` and ``version`` are the newest of them (where an
+            unversioned request goes). Empty: only ``version`` at ``path``.
     """
 
     name: str
@@ -55,6 +61,11 @@ class ServedModel:
     version: str
     max_batch_size: int | None
     max_batch_time: float | None = None
+    versions: tuple[tuple[str, Path], ...] = ()
+
+    def served_versions(self) -> tuple[tuple[str, Path], ...]:
+        """Every served ``(version, file)``, oldest first (at least ``(version, path)``)."""
+        return self.versions or ((self.version, self.path),)
 
 
 def check_model_name(name: str) -> str:
@@ -73,9 +84,10 @@ def check_model_name(name: str) -> str:
 
 
 def parse_model_config(text: str) -> dict[str, object]:
-    """Read ``name``, ``max_batch_size``, ``default_model_filename`` and the dynamic batcher's
-    ``max_queue_delay_microseconds`` (``None`` without a ``dynamic_batching`` block) from a
-    ``config.pbtxt``.
+    """Read ``name``, ``max_batch_size``, ``default_model_filename``, the dynamic batcher's
+    ``max_queue_delay_microseconds`` (``None`` without a ``dynamic_batching`` block) and the
+    ``version_policy`` (``("latest", [N])``, ``("all", [])`` or ``("specific", [v, ...])``; Triton's
+    default ``("latest", [1])`` without one) from a ``config.pbtxt``.
 
     Uses Triton's own ``ModelConfig`` schema (shipped with ``tritonclient``) when it is installed;
     otherwise a minimal reader of those three top-level fields.
@@ -105,7 +117,20 @@ def parse_model_config(text: str) -> dict[str, object]:
             if config.HasField("dynamic_batching")
             else None
         ),
+        "version_policy": _policy_from_proto(config),
     }
+
+
+def _policy_from_proto(config: Any) -> tuple[str, list[int]]:
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice") if config.HasField("version_policy") else None
+    if which == "all":
+        return "all", []
+    if which == "specific":
+        return "specific", [int(v) for v in policy.specific.versions]
+    if which == "latest":
+        return "latest", [int(policy.latest.num_versions)]
+    return "latest", [1]
 
 
 def _model_config_module() -> Any:
@@ -146,6 +171,7 @@ def _parse_minimal(text: str) -> dict[str, object]:
     """The three top-level fields we need, read line by line (nested blocks are skipped)."""
     found: dict[str, object] = {"name": "", "max_batch_size": 0, "default_model_filename": ""}
     found["max_queue_delay_microseconds"] = _queue_delay(text)
+    found["version_policy"] = _version_policy(text)
     depth = 0
     for line in text.splitlines():
         code = line.split("#", 1)[0]
@@ -176,6 +202,77 @@ def _queue_delay(text: str) -> int | None:
         return None
     delay = _DELAY.search(match.group(1))
     return int(delay.group(1)) if delay else 0
+
+
+_POLICY = re.compile(
+    r"^\s*version_policy\s*:?\s*\{\s*(latest|all|specific)\s*:?\s*\{([^{}]*)\}\s*\}", re.MULTILINE
+)
+_NUMBER = re.compile(r"-?\d+")
+
+
+def _version_policy(text: str) -> tuple[str, list[int]]:
+    """The top-level ``version_policy`` (Triton's default ``latest: 1`` without one)."""
+    code = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
+    match = _POLICY.search(code)
+    if match is None:
+        if re.search(r"^\s*version_policy\b", code, re.MULTILINE):
+            raise ServeError(
+                f"{_CONFIG}: cannot read its version_policy",
+                hint="write one of `latest: { num_versions: 2 }`, `all: {}` or "
+                "`specific: { versions: [1, 2] }`",
+            )
+        return "latest", [1]
+    kind, body = match.groups()
+    if kind == "all":
+        return "all", []
+    if kind == "latest":
+        count = re.search(r"\bnum_versions\s*:\s*(-?\d+)", body)
+        return "latest", [int(count.group(1)) if count else 0]
+    listed = re.findall(r"\bversions\s*:\s*(\[[^\]]*\]|-?\d+)", body)
+    return "specific", [int(n) for item in listed for n in _NUMBER.findall(item)]
+
+
+def select_versions(model: str, policy: tuple[str, list[int]], available: list[int]) -> list[int]:
+    """The versions Triton serves under ``policy`` among ``available`` ones, oldest first.
+
+    Args:
+        model: the model's name, for errors.
+        policy: ``("latest", [N])``, ``("all", [])`` or ``("specific", [v, ...])`` as
+            :func:`parse_model_config` reads it.
+        available: the numeric version folders that hold the model file.
+
+    Raises:
+        ServeError: ``latest`` asks for fewer than one version, ``specific`` lists none, or a
+            version it lists has no folder with the model file.
+    """
+    kind, numbers = policy
+    have = sorted(set(available))
+    if kind == "all":
+        return have
+    if kind == "latest":
+        count = numbers[0] if numbers else 1
+        if count < 1:
+            raise ServeError(
+                f"model {model!r}: version_policy latest needs num_versions of 1 or more, got {count}",
+                hint="write `version_policy: { latest: { num_versions: 1 } }` or leave it out",
+            )
+        return have[-count:]
+    wanted = sorted(set(numbers))
+    if not wanted:
+        raise ServeError(
+            f"model {model!r}: version_policy specific lists no version",
+            hint="list the versions to serve, e.g. `specific: { versions: [1, 2] }`",
+        )
+    missing = [v for v in wanted if v not in have]
+    if missing:
+        listed = ("versions " if len(missing) > 1 else "version ") + ", ".join(map(str, missing))
+        raise ServeError(
+            f"model {model!r}: version_policy lists {listed} but the repository has no "
+            f"such version folder with the model file (it has: {', '.join(map(str, have)) or 'none'})",
+            hint=f"write {model}/{missing[0]}/ (e.g. with `onnxstitch deploy triton --version "
+            f"{missing[0]}`) or drop it from version_policy in {_CONFIG}",
+        )
+    return wanted
 
 
 def _contained(path: Path, root: Path, *, what: str) -> Path:
@@ -222,27 +319,30 @@ def _resolve_repository(repository: Path, name: str | None) -> ServedModel:
             hint="Triton requires them to agree; rename one of them",
         )
     filename = str(config["default_model_filename"] or _DEFAULT_FILE)
-    versions = sorted(
-        (
-            int(p.name)
-            for p in model_dir.iterdir()
-            if p.is_dir() and p.name.isdigit() and (p / filename).is_file()
-        ),
-        reverse=True,
-    )
-    if not versions:
+    folders = {
+        int(p.name): p
+        for p in sorted(model_dir.iterdir())
+        if p.is_dir() and p.name.isdigit() and (p / filename).is_file()
+    }
+    available = list(folders)
+    policy = cast(tuple[str, list[int]], config["version_policy"])
+    if not available and policy[0] != "specific":
         raise ServeError(
             f"model {model_dir.name!r} has no version folder with {filename!r}",
             hint=f"expected {model_dir.name}/1/{filename}",
         )
-    path = _contained(model_dir / str(versions[0]) / filename, model_dir, what="model file")
+    chosen = select_versions(model_dir.name, policy, available)
+    versions = tuple(
+        (str(v), _contained(folders[v] / filename, model_dir, what="model file")) for v in chosen
+    )
     delay = config["max_queue_delay_microseconds"]
     return ServedModel(
         name=check_model_name(name or config_name),
-        path=path,
-        version=str(versions[0]),
+        path=versions[-1][1],
+        version=versions[-1][0],
         max_batch_size=int(str(config["max_batch_size"])),
         max_batch_time=None if delay is None else int(str(delay)) / 1e6,
+        versions=versions,
     )
 
 
