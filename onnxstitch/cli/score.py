@@ -123,14 +123,18 @@ def score_command(
                 "engine": result.engine,
                 "rows": result.rows,
                 "seconds": result.seconds,
+                "setup_seconds": result.setup_seconds,
+                "score_seconds": result.score_seconds,
                 "rows_per_second": result.rows_per_second,
                 "columns": list(result.columns),
             }
         )
         return
+    # the rate counts the scoring only: on a few rows the set-up (session, Ray) is most of the time
     console.print(
-        f"scored {result.rows:,} rows in {result.seconds:.1f} s ({result.rows_per_second:,.0f} rows/s, "
-        f"{result.engine}) -> {result.output}  (columns: {', '.join(result.columns)})"
+        f"scored {result.rows:,} rows in {result.seconds:.2f} s (setup {result.setup_seconds:.2f} s; "
+        f"{result.rows_per_second:,.0f} rows/s scoring, {result.engine}) -> {result.output}  "
+        f"(columns: {', '.join(result.columns)})"
     )
 
 

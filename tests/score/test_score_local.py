@@ -3,6 +3,8 @@ Session.run over the whole data; streamed; every bad input named before anything
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +72,17 @@ def test_streams_in_batches(model: onnx.ModelProto, tmp_path: Path) -> None:
     assert result.batches == 16
     assert [d for d, _ in seen] == sorted({d for d, _ in seen}) and seen[-1] == (1000, 1000)
     assert {d - p for (d, _), (p, _) in zip(seen[1:], seen, strict=False)} <= {64, 58}
-    assert result.rows_per_second > 0
+    # the time is split: set-up (session, first-batch check) and scoring; the rate counts scoring only
+    assert result.score_seconds > 0 and result.setup_seconds > 0
+    assert result.setup_seconds + result.score_seconds == pytest.approx(result.seconds)
+    assert result.rows_per_second == pytest.approx(1000 / result.score_seconds)
+
+
+def test_rows_per_second_of_a_result_without_the_split_counts_the_whole_time(tmp_path: Path) -> None:
+    result = ox.ScoreResult(tmp_path / "p.parquet", "local", 100, 1, 2.0, ("y",))
+    assert result.setup_seconds == result.score_seconds == 0.0 and result.rows_per_second == 50.0
+    split = ox.ScoreResult(tmp_path / "p.parquet", "local", 100, 1, 2.0, ("y",), 1.5, 0.5)
+    assert split.rows_per_second == 200.0
 
 
 def test_numpy_folders(model: onnx.ModelProto, tmp_path: Path) -> None:
@@ -245,8 +257,19 @@ def test_cli_round_trip(model: onnx.ModelProto, tmp_path: Path, monkeypatch: pyt
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "scored 120 rows" in result.output
+    # the rate is the scoring's; the set-up (opening the session, checking the first batch) apart
+    assert re.search(
+        r"scored 120 rows in \d+\.\d\d s \(setup \d+\.\d\d s; [\d,]+ rows/s scoring, local\) -> p\.parquet",
+        result.output,
+    ), result.output
     _check(tmp_path / "p.parquet", data, _expected(model, data))
+    result = runner.invoke(
+        app, ["score", "m.onnx", "-i", "d.parquet", "-o", "j.parquet", "--map", "features=x", "--json"]
+    )
+    summary = json.loads(result.output)
+    assert summary["rows"] == 120 and summary["score_seconds"] > 0 and summary["setup_seconds"] > 0
+    assert summary["setup_seconds"] + summary["score_seconds"] == pytest.approx(summary["seconds"])
+    assert summary["rows_per_second"] == pytest.approx(120 / summary["score_seconds"])
     result = runner.invoke(app, ["score", "m.onnx", "-i", "m.onnx", "-o", "q.parquet"])
     assert result.exit_code == 1 and "error: m.onnx is not a Parquet file" in result.output
     assert "Traceback" not in result.output and not Path("q.parquet").exists()

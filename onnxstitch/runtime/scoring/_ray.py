@@ -12,10 +12,13 @@ Not ``read_parquet`` / ``write_parquet``: with Ray 2.60 neither keeps the source
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,22 +119,55 @@ def _runtime_env() -> dict[str, Any]:
     return {"py_modules": [str(package)], "excludes": ["__pycache__", "*.pyc"]}
 
 
+@contextlib.contextmanager
+def _loopback_node() -> Iterator[None]:
+    """While a local Ray starts: keep ``127.0.0.1`` as the node's address, so that its processes
+    listen on the loopback interface only.
+
+    Ray 2.60's ``ray.init`` turns ``_node_ip_address="127.0.0.1"`` into the machine's own address
+    (``ray/_private/worker.py``: ``services.resolve_ip_for_localhost``), because
+    ``services.get_node_ip_address`` returns the loopback address only where
+    ``ray_constants.ENABLE_RAY_CLUSTER`` is false (Ray's setting on macOS and Windows); its servers
+    (GCS, raylet, workers, agents) listen on all interfaces unless the node address is exactly
+    ``127.0.0.1``. So ``ENABLE_RAY_CLUSTER`` is false in this process for the duration of
+    ``ray.init`` and restored afterwards: a side effect a concurrent thread calling
+    ``ray.util.get_node_ip_address()`` in that window sees (it then gets ``127.0.0.1``, which is
+    also what it gets once this Ray is up). Ray's own processes inherit nothing from it.
+    """
+    from ray._private import ray_constants
+
+    before = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    if before is None:  # another Ray: it binds as it does (see docs/scale.md, Binding)
+        logger.warning("this Ray has no ENABLE_RAY_CLUSTER: its local processes may listen on all interfaces")
+        yield
+        return
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
 def _start(address: str | None, num_cpus: int | None) -> bool:
-    """Start or join Ray unless this process already has; ``True`` when we must shut it down."""
+    """Start or join Ray unless this process already has; ``True`` when we must shut it down.
+
+    A local Ray (no ``address``) listens on ``127.0.0.1`` only (see :func:`_loopback_node`).
+    """
     import ray
 
     if ray.is_initialized():
         return False
     if address is None:
-        # a fresh local Ray for this call; Ray resolves the node address itself (see docs/scale.md)
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            runtime_env=_runtime_env(),
-            log_to_driver=False,
-        )
+        # a fresh local Ray for this call, reachable from this machine only
+        with _loopback_node():
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                runtime_env=_runtime_env(),
+                log_to_driver=False,
+            )
     else:
         ray.init(address=address, runtime_env=_runtime_env(), log_to_driver=False)
     return True
@@ -278,8 +314,13 @@ def run_ray(
     address: str | None,
     actors: int,
     num_cpus: int | None,
-) -> int:
-    """Score ``source`` on Ray into the Parquet file ``output``; returns the rows written.
+) -> tuple[int, float]:
+    """Score ``source`` on Ray into the Parquet file ``output``.
+
+    Returns:
+        The rows written, and the seconds spent scoring them: from handing the dataset to Ray to
+        the last row written (the actors and their sessions start in that time; starting and
+        stopping a local Ray do not count).
 
     Raises:
         DatasetError: the source is not Parquet, or a row fails in an actor (named by its id).
@@ -292,10 +333,15 @@ def run_ray(
             file=str(source.path),
             hint="score it with engine='local', or write it as Parquet first",
         )
+    environ = dict(os.environ)
     started_here = _start(address, num_cpus)
+    # ray.init sets RAY_AUTH_MODE, RAY_USAGE_STATS_ENABLED and PYTHONBREAKPOINT (Ray 2.60) in this
+    # process and leaves them after ray.shutdown: put back what it changed once it is shut down
+    set_by_ray = {k: environ.get(k) for k in {*environ, *os.environ} if os.environ.get(k) != environ.get(k)}
     tmp = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         model_arg = _model_for_actors(model, local=started_here and address is None)
+        started = time.perf_counter()
         rows = _execute(
             source,
             plan,
@@ -307,6 +353,7 @@ def run_ray(
             threads=threads,
             actors=actors,
         )
+        seconds = time.perf_counter() - started
         tmp.replace(output)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -314,4 +361,14 @@ def run_ray(
     finally:
         if started_here:
             ray.shutdown()
-    return rows
+            _restore_environ(set_by_ray)
+    return rows, seconds
+
+
+def _restore_environ(values: dict[str, str | None]) -> None:
+    """Put environment variables back to ``values`` (``None``: unset)."""
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
