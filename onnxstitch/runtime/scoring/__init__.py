@@ -226,8 +226,8 @@ def score(
         threads: intra-op threads per session (default: onnxruntime's, one per core; Ray: the
             CPUs each actor reserves).
         address: Ray only: the cluster to join (``"auto"``, ``"ray://host:10001"``...); default: start
-            a local Ray for this call and shut it down afterwards. Ignored when Ray is already
-            initialised in this process (that Ray is used as it is).
+            a local Ray for this call (listening on 127.0.0.1 only) and shut it down afterwards.
+            Ignored when Ray is already initialised in this process (that Ray is used as it is).
         actors: Ray only: the number of actors, each with one session.
         num_cpus: Ray only, local Ray: the CPUs it may use (default: all).
         progress: local engine: called as ``progress(rows_done, rows_total)`` after each batch.
