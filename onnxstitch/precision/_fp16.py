@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import onnx
@@ -12,6 +14,7 @@ import onnx
 from onnxstitch.errors import MissingDependencyError, StitchError
 from onnxstitch.precision._calibration import Calibration, Feeds, check_informative, load_calibration
 from onnxstitch.precision._flow import gated, quiet_root_logger
+from onnxstitch.precision._large import infer_by_path, is_large
 from onnxstitch.precision._parts import choose, named_copy, node_parts
 
 __all__ = ["ALWAYS_FP32", "to_fp16"]
@@ -61,6 +64,10 @@ def to_fp16(
     top-1 agreement, the others by the share of samples within ``rtol * max|expected|``. It runs on the CPU,
     where onnxruntime runs float16 graphs too (the CPU tests prove the graph right without a GPU).
 
+    A model past 2 GB (more than ``onnxstitch.precision._large.LARGE_BYTES`` of tensors) gets its
+    shape inference through a file with external data, and the gate's sessions open files; the
+    result holds its weights in memory (save it with ``ox.save``, which writes external data past 2 GB).
+
     Args:
         model: a ``ModelProto`` (never modified) or a path.
         parts: ``{part: "fp16" | "fp32"}``, a part name or a list of them (fp16), or ``None``: all.
@@ -100,15 +107,28 @@ def to_fp16(
         check_informative(held, what="holdout")
         held_text = f"{sum(len(next(iter(f.values()))) for f in held)} given sample(s)"
     parts_of = node_parts(work)
+    # the converter's shape inference serializes the model, impossible past 2 GB: infer through a file
+    # once instead (the converter does the same when given a path), and convert without it
+    large = is_large(work)
+    if large:
+        logger.info("past 2 GB: shape inference through a file with external data")
+        with tempfile.TemporaryDirectory(prefix="onnxstitch-fp16-") as folder:
+            source = infer_by_path(work, Path(folder))
+    else:
+        source = work
 
     def convert(c: Mapping[str, str]) -> onnx.ModelProto:
         keep = [n.name for n, p in zip(work.graph.node, parts_of, strict=True) if c[p] != "fp16"]
         try:
             with quiet_root_logger():
                 fresh = onnx.ModelProto()  # the converter may edit what it is given
-                fresh.CopyFrom(work)
+                fresh.CopyFrom(source)
                 out: onnx.ModelProto = convert_float_to_float16(
-                    fresh, keep_io_types=keep_io_types, op_block_list=blocked, node_block_list=keep
+                    fresh,
+                    keep_io_types=keep_io_types,
+                    op_block_list=blocked,
+                    node_block_list=keep,
+                    disable_shape_infer=large,
                 )
             _sort_nodes(out.graph)
         except (ValueError, RuntimeError, KeyError) as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -181,8 +182,10 @@ class PrecisionReport:
         return "\n".join(lines)
 
 
-def run_model(model: onnx.ModelProto, holdout: Sequence[Feeds]) -> list[dict[str, np.ndarray[Any, Any]]]:
-    """Outputs of ``model`` (onnxruntime, CPU) on each hold-out batch."""
+def run_model(
+    model: onnx.ModelProto | Path, holdout: Sequence[Feeds]
+) -> list[dict[str, np.ndarray[Any, Any]]]:
+    """Outputs of ``model`` (onnxruntime, CPU; a path for a model past 2 GB) on each hold-out batch."""
     from onnxstitch.runtime.session import Session
 
     session = Session(model, device="cpu")
@@ -238,14 +241,15 @@ def _stack(batches: Sequence[dict[str, np.ndarray[Any, Any]]], name: str) -> np.
 
 
 def judge(
-    converted: onnx.ModelProto,
+    converted: onnx.ModelProto | Path,
     expected: Sequence[tuple[str, Sequence[dict[str, np.ndarray[Any, Any]]]]],
     holdout: Sequence[Feeds],
     *,
     min_agreement: float,
     rtol: float,
 ) -> list[AgreementRow]:
-    """Rows of ``converted`` run on ``holdout`` against each ``(label, outputs per batch)``."""
+    """Rows of ``converted`` (a model, or its path past 2 GB) run on ``holdout`` against each
+    ``(label, outputs per batch)``."""
     got = run_model(converted, holdout)
     rows = []
     for name in got[0]:

@@ -21,6 +21,7 @@ from onnxstitch.precision._calibration import (
     split_holdout,
 )
 from onnxstitch.precision._flow import gated, quiet_root_logger
+from onnxstitch.precision._large import is_large
 from onnxstitch.precision._parts import choose, named_copy, node_parts
 from onnxstitch.precision._rewrite import global_pools
 
@@ -67,15 +68,30 @@ class _Quantizer:
         folder: Path,
         options: dict[str, Any],
         progress: Progress | None,
+        *,
+        external: bool,
     ) -> None:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
+        from onnxstitch.files import save
+
         self.work, self.feeds, self.folder = work, feeds, folder
         self.options, self.progress = options, progress
+        self.external = external
         self.parts = node_parts(work)
         self.source = folder / "model.onnx"
         self.cache = folder / "calibration.json"
-        onnx.save(work, folder / "named.onnx")
+        # past 2 GB every file is written with external data (<name>.onnx.data beside it)
+        save(work, folder / "named.onnx", external_data=external)
+        files: dict[str, Any] = (
+            {
+                "save_as_external_data": True,
+                "all_tensors_to_one_file": True,
+                "external_data_location": self.source.name + ".data",
+            }
+            if external
+            else {}
+        )
         # shape inference only (no graph optimization): nodes keep their names, so their parts.
         # Symbolic shape inference (dynamic dims of transformers) needs sympy, which onnxruntime
         # does not require: without it, or where it fails on a model, ONNX shape inference alone.
@@ -87,6 +103,7 @@ class _Quantizer:
                     str(self.source),
                     skip_optimization=True,
                     skip_symbolic_shape=not symbolic,
+                    **files,
                 )
             except Exception as exc:  # symbolic inference raises anything: retry without it
                 if not symbolic:
@@ -96,12 +113,17 @@ class _Quantizer:
                     type(exc).__name__,
                     exc,
                 )
+                # onnx appends to an existing external data file: start from none
+                folder.joinpath(self.source.name + ".data").unlink(missing_ok=True)
                 quant_pre_process(
                     str(folder / "named.onnx"),
                     str(self.source),
                     skip_optimization=True,
                     skip_symbolic_shape=True,
+                    **files,
                 )
+        (folder / "named.onnx").unlink()
+        (folder / "named.onnx.data").unlink(missing_ok=True)
         self.runs = 0
         self.thin = thin_convs(work, options["min_conv_channels"])
 
@@ -146,6 +168,7 @@ class _Quantizer:
                         "percentile": CalibrationMethod.Percentile,
                     }[o["calibrate_method"]],
                     calibration_cache_path=str(self.cache),
+                    use_external_data_format=self.external,
                 )
                 path = out
             if dynamic:
@@ -157,9 +180,14 @@ class _Quantizer:
                     reduce_range=o["reduce_range"],
                     weight_type=QuantType.QInt8,
                     nodes_to_quantize=dynamic,
+                    use_external_data_format=self.external,
                 )
                 path = out
-        return onnx.load(str(path))
+        if not self.external:
+            return onnx.load(str(path))
+        from onnxstitch.files import load
+
+        return load(path)  # the hardened reader: external data read into the model
 
 
 def thin_convs(model: onnx.ModelProto, min_channels: int) -> set[str]:
@@ -219,6 +247,11 @@ def quantize(
 
     onnxruntime's tools log through the root logger; while they run a root logger without any
     handler gets a ``NullHandler``, so they do not configure logging for the whole process.
+
+    A model past 2 GB (more than ``onnxstitch.precision._large.LARGE_BYTES`` of tensors) goes through
+    files with external data in a temporary folder: onnxruntime's tools run with
+    ``use_external_data_format=True`` and the gate's sessions open files. The result is read back
+    with its weights in memory (a quarter of the float32 size for int8 weights).
 
     Args:
         model: a ``ModelProto`` (never modified) or a path.
@@ -303,10 +336,11 @@ def quantize(
         "reduce_range": reduce_range,
         "calibrate_method": calibrate_method,
     }
-    logger.info("quantizing parts %s", choice)
+    external = is_large(qwork)
+    logger.info("quantizing parts %s%s", choice, " (files with external data: past 2 GB)" if external else "")
     with tempfile.TemporaryDirectory(prefix="onnxstitch-quant-") as folder:
         try:
-            quantizer = _Quantizer(qwork, calib, Path(folder), options, progress)
+            quantizer = _Quantizer(qwork, calib, Path(folder), options, progress, external=external)
         except (ValueError, RuntimeError, KeyError, onnx.checker.ValidationError) as exc:
             raise StitchError(
                 f"onnxruntime's shape inference failed before quantization: {type(exc).__name__}: {exc}",

@@ -13,6 +13,7 @@ import logging
 import statistics
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,19 +46,22 @@ def timing_batch(model: onnx.ModelProto, holdout: Sequence[Feeds]) -> Feeds:
 
 def measure_speed(
     float_model: onnx.ModelProto,
-    converted: onnx.ModelProto,
+    converted: onnx.ModelProto | Path,
     holdout: Sequence[Feeds],
     *,
     precision: str,
     budget_s: float = BUDGET_S,
+    float_source: onnx.ModelProto | Path | None = None,
 ) -> dict[str, Any]:
     """Median milliseconds per batch of both models: ``{"batch", "float32_ms", "quantized_ms",
     "ratio" (float32_ms / quantized_ms: above 1 the converted model is faster), "runs", "device",
-    "precision"}``. Timing stops after ``budget_s`` seconds of runs (at least a few each)."""
+    "precision"}``. Timing stops after ``budget_s`` seconds of runs (at least a few each).
+    ``converted`` and ``float_source`` (default ``float_model``) may be paths (models past 2 GB)."""
     from onnxstitch.runtime.session import Session
 
     feed = timing_batch(float_model, holdout)
-    sessions = [Session(float_model, device="cpu"), Session(converted, device="cpu")]
+    source = float_model if float_source is None else float_source
+    sessions = [Session(source, device="cpu"), Session(converted, device="cpu")]
     feeds = []
     for session in sessions:
         # a float16 model without float32 inputs (keep_io_types=False) takes the samples in float16
