@@ -6,7 +6,7 @@ import importlib.util
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from onnxstitch.precision._flow import gated, quiet_root_logger
 from onnxstitch.precision._large import is_large
 from onnxstitch.precision._parts import choose, named_copy, node_parts
 from onnxstitch.precision._rewrite import global_pools
+from onnxstitch.precision._stem import THIN_CHANNELS, choose_thin
 
 __all__ = ["FORMATS", "METHODS", "PRECISIONS", "quantize"]
 
@@ -125,9 +126,17 @@ class _Quantizer:
         (folder / "named.onnx").unlink()
         (folder / "named.onnx.data").unlink(missing_ok=True)
         self.runs = 0
-        self.thin = thin_convs(work, options["min_conv_channels"])
+        self.made: dict[tuple[frozenset[tuple[str, str]], frozenset[str]], onnx.ModelProto] = {}
 
-    def __call__(self, choice: Mapping[str, str]) -> onnx.ModelProto:
+    def __call__(self, choice: Mapping[str, str], keep: Collection[str] = ()) -> onnx.ModelProto:
+        """The working copy with ``choice``'s precisions; the convolutions named in ``keep`` stay
+        float32 inside static int8 parts. The same arguments give the same (cached) model."""
+        key = (frozenset(choice.items()), frozenset(keep))
+        if key not in self.made:
+            self.made[key] = self._convert(choice, keep)
+        return self.made[key]
+
+    def _convert(self, choice: Mapping[str, str], keep: Collection[str]) -> onnx.ModelProto:
         from onnxruntime.quantization import (
             CalibrationMethod,
             QuantFormat,
@@ -140,7 +149,7 @@ class _Quantizer:
         static = [
             n.name
             for n, p in zip(self.work.graph.node, self.parts, strict=True)
-            if choice[p] == "int8" and n.name not in self.thin
+            if choice[p] == "int8" and n.name not in keep
         ]
         dynamic = [
             n.name
@@ -214,7 +223,7 @@ def quantize(
     per_channel: bool = True,
     reduce_range: bool = False,
     calibrate_method: str = "minmax",
-    min_conv_channels: int = 4,
+    min_conv_channels: int | None = None,
     global_pool: bool = True,
     progress: Progress | None = None,
 ) -> onnx.ModelProto:
@@ -269,8 +278,14 @@ def quantize(
         reduce_range: 7-bit weights (for CPUs without VNNI).
         calibrate_method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
         min_conv_channels: a convolution with fewer input channels per group (the stem on RGB or
-            grey images) stays float32 inside an int8 part: onnxruntime's int8 convolution measured
-            2.3x *slower* than float32 on a 3-channel stem. 0 quantizes every convolution.
+            grey images) stays float32 inside an int8 part. ``None`` (the default) decides by
+            timing on this machine: the model is quantized with the thin (< 4 channels)
+            convolutions float32 and int8, both run at batch 1 and at the timing batch, and the
+            stem goes int8 only when that is at least 10 % faster (onnxruntime's int8 kernel is
+            slow on a 1- or 3-channel stem alone, but a float stem costs layout changes around it;
+            which wins depends on the model: ``docs/precision.md``). The timings are recorded in
+            the result's settings (``thin_convs``). An int pins it without timing; 0 quantizes
+            every convolution.
         global_pool: in a static int8 part, rewrite ``Transpose(NCHW→NHWC)`` → ``ReduceMean`` over
             the spatial axes (how Keras' ``GlobalAveragePooling2D`` arrives) as ``GlobalAveragePool``
             → ``Flatten`` before quantizing, so that onnxruntime pools in int8
@@ -316,21 +331,23 @@ def quantize(
 
     static_parts = {p for p, v in choice.items() if v == "int8"}
     qwork, pooled = global_pools(work, static_parts, node_parts(work)) if global_pool else (work, [])
-    settings = {
+    owners = zip(qwork.graph.node, node_parts(qwork), strict=True)
+    in_static = {n.name for n, p in owners if p in static_parts}
+    thin = thin_convs(qwork, THIN_CHANNELS if min_conv_channels is None else min_conv_channels) & in_static
+    settings: dict[str, Any] = {
         "format": format,
         "per_channel": per_channel,
         "reduce_range": reduce_range,
         "activations": "uint8",
         "weights": "int8",
         "calibrate_method": calibrate_method,
-        "min_conv_channels": min_conv_channels,
-        "kept_fp32": sorted(thin_convs(work, min_conv_channels)),
+        "min_conv_channels": "auto" if min_conv_channels is None else min_conv_channels,
+        "kept_fp32": sorted(thin),
         "global_pool": pooled,
         "calibration_batches": len(calib),
         "onnxruntime": onnxruntime.__version__,
     }
     options = {
-        "min_conv_channels": min_conv_channels,
         "format": format,
         "per_channel": per_channel,
         "reduce_range": reduce_range,
@@ -347,14 +364,21 @@ def quantize(
                 hint="check the model with onnx.checker.check_model(model, full_check=True)",
             ) from exc
 
-        def convert(c: Mapping[str, str]) -> onnx.ModelProto:
+        def quantized(c: Mapping[str, str], keep: Collection[str]) -> onnx.ModelProto:
             try:
-                return quantizer(c)
+                return quantizer(c, keep)
             except (ValueError, RuntimeError, KeyError, onnx.checker.ValidationError) as exc:
                 raise StitchError(
                     f"onnxruntime's quantization failed for parts {dict(c)}: {type(exc).__name__}: {exc}",
                     hint="keep the failing part in float32 (parts={...: 'fp32'})",
                 ) from exc
+
+        if min_conv_channels is None and thin:
+            thin, settings["thin_convs"] = choose_thin(lambda keep: quantized(choice, keep), thin, held)
+            settings["kept_fp32"] = sorted(thin)
+
+        def convert(c: Mapping[str, str]) -> onnx.ModelProto:
+            return quantized(c, thin)
 
         return gated(
             original,

@@ -1,10 +1,11 @@
 """Whether a conversion pays: the converted model timed against the float32 model on this machine.
 
 The gate says whether the result still agrees; this says whether it is faster. Both models run in
-one onnxruntime CPU session each (``ox.Session``'s defaults), on the hold-out samples batched (up to
-:data:`MAX_BATCH` of them per run): a few warm-up runs, then interleaved runs, the median of each.
-The timing never changes what is converted (the result stays deterministic); it is recorded and,
-for int8 slower than float32, warned about.
+one onnxruntime CPU session each (``ox.Session``'s defaults, idle threads not spinning), on the
+hold-out samples batched (up to :data:`MAX_BATCH` of them per run): a few warm-up runs, then
+blocks of runs model after model, the median of each. The speed of the result is recorded and, for
+int8 slower than float32, warned about; it never changes the result. What the timing does decide,
+by default, is whether the thin convolutions of an int8 part go int8 too (:mod:`._stem`).
 """
 
 from __future__ import annotations
@@ -21,15 +22,26 @@ import onnx
 
 from onnxstitch.precision._calibration import Feeds
 
-__all__ = ["MAX_BATCH", "measure_speed", "speed_line", "speed_note", "warn_speed"]
+__all__ = [
+    "MAX_BATCH",
+    "measure_speed",
+    "speed_line",
+    "speed_note",
+    "time_models",
+    "timing_batch",
+    "warn_speed",
+]
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 64
 BUDGET_S = 1.0
 WARMUP = 2
-MIN_PAIRS = 3
-MAX_PAIRS = 25
+MIN_RUNS = 3
+MAX_RUNS = 200
+#: timed runs per block (at most), and the seconds a block aims at
+BLOCK_RUNS = 20
+BLOCK_S = 0.02
 
 
 def timing_batch(model: onnx.ModelProto, holdout: Sequence[Feeds]) -> Feeds:
@@ -42,6 +54,61 @@ def timing_batch(model: onnx.ModelProto, holdout: Sequence[Feeds]) -> Feeds:
     if fixed or len(holdout) == 1:
         return {k: v[:MAX_BATCH] if not fixed else v for k, v in holdout[0].items()}
     return {k: np.concatenate([f[k] for f in holdout])[:MAX_BATCH] for k in holdout[0]}
+
+
+def time_models(
+    models: Sequence[onnx.ModelProto | Path],
+    feed: Feeds,
+    *,
+    budget_s: float = BUDGET_S,
+    max_runs: int = MAX_RUNS,
+    cpu_time: bool = False,
+) -> tuple[list[float], int]:
+    """Median milliseconds per run of each model on ``feed``, and the runs timed of each.
+
+    One CPU session each (``ox.Session``'s defaults, but idle threads do not spin), a few warm-up
+    runs, then blocks of runs (about :data:`BLOCK_S` seconds each), model after model, until
+    ``budget_s`` seconds have passed (at least :data:`MIN_RUNS`, at most ``max_runs`` timed runs of
+    each model). A float16 model whose inputs are float16 (``keep_io_types=False``) gets the
+    float samples cast. ``cpu_time``: one intra-op thread (the calling one), timed by its CPU time
+    instead of the wall clock, so that other processes' load does not weigh in (the steadiest
+    measure on a busy machine: docs/benchmarks.md)."""
+    from onnxstitch.runtime.session import Session
+
+    # spinning off: an idle session's intra-op threads would otherwise spin on the cores the other
+    # model is timed on (measured: the same two int8 models 3.9 and 3.0 ms, or 3.1 and 3.1 ms)
+    threads = 1 if cpu_time else None
+    sessions = [Session(m, device="cpu", spinning=False, threads=threads) for m in models]
+    feeds = []
+    for session in sessions:
+        dtypes = {i.name: i.dtype for i in session.inputs}
+        feeds.append(
+            {
+                k: v.astype(dtypes[k]) if k in dtypes and v.dtype != dtypes[k] and v.dtype.kind == "f" else v
+                for k, v in feed.items()
+            }
+        )
+    for _ in range(WARMUP):
+        for session, f in zip(sessions, feeds, strict=True):
+            session.run(f)
+    # blocks of runs, model after model, the first run of each block not timed (caches, wake-up)
+    first = []
+    for session, f in zip(sessions, feeds, strict=True):
+        t0 = time.perf_counter()
+        session.run(f)
+        first.append(time.perf_counter() - t0)
+    clock = time.thread_time if cpu_time else time.perf_counter
+    block = max(1, min(BLOCK_RUNS, int(BLOCK_S / max(max(first), 1e-6))))
+    times: list[list[float]] = [[] for _ in sessions]
+    start = time.perf_counter()
+    while len(times[0]) < max_runs and (len(times[0]) < MIN_RUNS or time.perf_counter() - start < budget_s):
+        for i, (session, f) in enumerate(zip(sessions, feeds, strict=True)):
+            session.run(f)
+            for _ in range(block):
+                t0 = clock()
+                session.run(f)
+                times[i].append(clock() - t0)
+    return [statistics.median(t) * 1000.0 for t in times], len(times[0])
 
 
 def measure_speed(
@@ -57,39 +124,16 @@ def measure_speed(
     "ratio" (float32_ms / quantized_ms: above 1 the converted model is faster), "runs", "device",
     "precision"}``. Timing stops after ``budget_s`` seconds of runs (at least a few each).
     ``converted`` and ``float_source`` (default ``float_model``) may be paths (models past 2 GB)."""
-    from onnxstitch.runtime.session import Session
-
     feed = timing_batch(float_model, holdout)
     source = float_model if float_source is None else float_source
-    sessions = [Session(source, device="cpu"), Session(converted, device="cpu")]
-    feeds = []
-    for session in sessions:
-        # a float16 model without float32 inputs (keep_io_types=False) takes the samples in float16
-        dtypes = {i.name: i.dtype for i in session.inputs}
-        feeds.append(
-            {
-                k: v.astype(dtypes[k]) if k in dtypes and v.dtype != dtypes[k] and v.dtype.kind == "f" else v
-                for k, v in feed.items()
-            }
-        )
-    for _ in range(WARMUP):
-        for session, f in zip(sessions, feeds, strict=True):
-            session.run(f)
-    times: list[list[float]] = [[], []]
-    start = time.perf_counter()
-    while len(times[0]) < MAX_PAIRS and (len(times[0]) < MIN_PAIRS or time.perf_counter() - start < budget_s):
-        for i, (session, f) in enumerate(zip(sessions, feeds, strict=True)):
-            t0 = time.perf_counter()
-            session.run(f)
-            times[i].append(time.perf_counter() - t0)
-    float_ms, quant_ms = (statistics.median(t) * 1000.0 for t in times)
+    (float_ms, quant_ms), runs = time_models([source, converted], feed, budget_s=budget_s)
     batch = len(next(iter(feed.values()))) if feed else 1
     return {
         "batch": batch,
         "float32_ms": round(float_ms, 3),
         "quantized_ms": round(quant_ms, 3),
         "ratio": round(float_ms / quant_ms, 3) if quant_ms > 0 else float("inf"),
-        "runs": len(times[0]),
+        "runs": runs,
         "device": "cpu",
         "precision": precision,
     }
