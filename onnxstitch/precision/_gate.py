@@ -148,6 +148,11 @@ class PrecisionReport:
             from onnxstitch.precision._speed import speed_line
 
             lines.append(speed_line(self.speed))
+        thin = self.settings.get("thin_convs")
+        if isinstance(thin, dict):
+            from onnxstitch.precision._stem import thin_line
+
+            lines.append(thin_line(thin))
         header = (
             "against",
             "metric",

@@ -31,7 +31,7 @@ import onnx
 from onnxstitch.precision._calibration import Feeds
 from onnxstitch.precision._speed import time_models, timing_batch
 
-__all__ = ["MARGIN", "THIN_CHANNELS", "choose_thin"]
+__all__ = ["MARGIN", "THIN_CHANNELS", "choose_thin", "thin_line"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,3 +90,15 @@ def choose_thin(
         "quantized" if chosen == "int8" else "kept float32",
     )
     return (set() if chosen == "int8" else set(thin)), record
+
+
+def thin_line(record: dict[str, Any]) -> str:
+    """``thin convolutions (1): kept float32: int8 0.88x their float32 speed (one thread's CPU time,
+    batch 1/64; int8 needs 1.10x)``."""
+    chosen = "quantized int8" if record.get("chosen") == "int8" else "kept float32"
+    batches = "/".join(record.get("int8_ms", {}))
+    return (
+        f"thin convolutions ({len(record.get('convs', []))}): {chosen}: int8 "
+        f"{float(record.get('int8_gain', 0.0)):.2f}x their float32 speed (one thread's CPU time, "
+        f"batch {batches}; int8 needs {float(record.get('margin', MARGIN)):.2f}x)"
+    )

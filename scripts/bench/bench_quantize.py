@@ -37,8 +37,8 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any] | None, str], ...] = (
     ("fp32", "float32 merged", None, "all"),
     (
         "int8",
-        "**int8, ox.quantize defaults** (QDQ, per-channel U8S8, MinMax; stem conv and head fp32; "
-        "global pool rewritten)",
+        "**int8, ox.quantize defaults** (QDQ, per-channel U8S8, MinMax; thin stem timed both ways; "
+        "head fp32; global pool rewritten)",
         {},
         "all",
     ),
@@ -48,7 +48,8 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any] | None, str], ...] = (
         {"global_pool": False},
         "all",
     ),
-    ("stem_too", "int8, stem conv quantized too (`min_conv_channels=0`)", {"min_conv_channels": 0}, "all"),
+    ("stem_float", "int8, stem pinned float32 (`min_conv_channels=4`)", {"min_conv_channels": 4}, "all"),
+    ("stem_int8", "int8, stem pinned int8 (`min_conv_channels=0`)", {"min_conv_channels": 0}, "all"),
     ("qoperator", "int8, QOperator format", {"format": "qoperator"}, "all"),
     ("per_tensor", "int8, per-tensor weights", {"per_channel": False}, "all"),
     ("reduce_range", "int8, reduce_range (7-bit weights)", {"reduce_range": True}, "all"),
@@ -59,7 +60,9 @@ VARIANTS: tuple[tuple[str, str, dict[str, Any] | None, str], ...] = (
 )
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 #: measured again on one thread by the calling thread's CPU time (other processes' load left out)
-CPU_VARIANTS = ("fp32", "int8", "no_pool")
+CPU_VARIANTS = ("fp32", "int8", "no_pool", "stem_float", "stem_int8")
+#: the variants run on the larger models (ResNet-18) and on the ceiling model
+SHORT_VARIANTS = ("fp32", "int8", "stem_float", "stem_int8")
 
 
 # ----------------------------------------------------------------------------- the hybrids
@@ -118,6 +121,114 @@ def digits_hybrid(threads: int) -> dict[str, Any]:
     }
 
 
+def resnet18(threads: int) -> dict[str, Any]:
+    """torch's ResNet-18 layout (tests/torch_resnet.py, torchvision's layer for layer), 112×112×3,
+    random weights with BatchNorm statistics set (outputs of order 1), converted by ``ox.from_torch``:
+    a real architecture, whose 7×7 3-channel stem behaves unlike the toy hybrids' 3×3 ones."""
+    import torch
+
+    import onnxstitch as ox
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+    try:
+        import torch_resnet
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    net = torch_resnet.ResNet18(num_classes=10).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if (
+                isinstance(m, torch.nn.BatchNorm2d)
+                and m.running_mean is not None
+                and m.running_var is not None
+            ):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.0)
+    model = ox.from_torch(net, torch.randn(1, 3, 112, 112), input_names=["image"])
+
+    def native(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return np.asarray(net(torch.from_numpy(x)).numpy())
+
+    rng = np.random.default_rng(0)
+    return {
+        "label": "ResNet-18 (torch, 112×112×3, random weights, BatchNorm statistics set)",
+        "model": model,
+        "native": native,
+        "input": "image",
+        "calibration": {"image": rng.standard_normal((64, 3, 112, 112)).astype(np.float32)},
+        "holdout": {"image": rng.standard_normal((64, 3, 112, 112)).astype(np.float32)},
+        "labels": None,
+        "holdout_text": "64 random normal images (random weights: agreement only, no accuracy)",
+        "variants": SHORT_VARIANTS,
+    }
+
+
+def digits_body(threads: int) -> dict[str, Any]:
+    """The ceiling: the digits backbone without its stem — conv 32→32 on 8×8, max pool, conv 32→64
+    on 4×4, global pool — fed 32-channel NHWC maps. What int8 gains on exactly those layers when no
+    stem, head or layout change is left around them (random weights, ReLU'd random inputs)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Transpose", ["maps"], ["nchw"], perm=[0, 3, 1, 2], name="to_nchw")]
+    inits = []
+    x = "nchw"
+    for i, (cin, cout) in enumerate(((32, 32), (32, 64))):
+        w = (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2 / (9 * cin))).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"w{i}"),
+            numpy_helper.from_array(np.full(cout, 0.1, np.float32), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"conv{i}"], pads=[1, 1, 1, 1], name=f"conv{i}"),
+            helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"], name=f"relu{i}"),
+        ]
+        x = f"relu{i}"
+        if i == 0:
+            nodes.append(
+                helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[2, 2], strides=[2, 2], name="pool")
+            )
+            x = "pool"
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["features"], name="flatten"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "digits_body",
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["N", 8, 8, 32])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 64])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    import onnxstitch as ox
+
+    reference = ox.Session(model, device="cpu", threads=threads)
+
+    def native(x: np.ndarray) -> np.ndarray:
+        return np.asarray(reference.run({"maps": x})["features"])
+
+    def maps(n: int) -> np.ndarray:
+        return np.maximum(rng.standard_normal((n, 8, 8, 32)), 0).astype(np.float32)
+
+    return {
+        "label": "the ceiling: the digits backbone's int8 layers alone (no stem, head or layout change)",
+        "model": model,
+        "native": native,
+        "input": "maps",
+        "calibration": {"maps": maps(256)},
+        "holdout": {"maps": maps(256)},
+        "labels": None,
+        "holdout_text": "256 random ReLU'd maps (agreement of the 64 features' argmax, no accuracy)",
+        "variants": ("fp32", "int8"),
+    }
+
+
 # ----------------------------------------------------------------------------- the variants
 
 
@@ -131,6 +242,8 @@ def make_variants(h: dict[str, Any]) -> dict[str, dict[str, Any]]:
     native = h["native"](h["holdout"][h["input"]])
     out: dict[str, dict[str, Any]] = {}
     for name, _, options, level in VARIANTS:
+        if name not in h.get("variants", [v[0] for v in VARIANTS]):
+            continue
         if options is None:
             q, record, seconds = model, None, 0.0
         else:
@@ -286,6 +399,8 @@ def section(results: list[dict[str, Any]], threads: int, rounds: int, wall: floa
             + " |",
         ]
         for name, label, _, _ in VARIANTS:
+            if name not in v:
+                continue
             cells = [f"{m[b][name]:.3f} ({m[b]['fp32'] / m[b][name]:.2f}×)" for b in BATCHES]
             acc = f"{v[name]['accuracy']:.2%} | " if h["labels"] is not None else ""
             lines.append(f"| {label} | {v[name]['agree']:.2%} | {acc}" + " | ".join(cells) + " |")
@@ -304,6 +419,9 @@ def section(results: list[dict[str, Any]], threads: int, rounds: int, wall: floa
             for name in names:
                 cells = [f"{cpu[b][name]:.3f} ({cpu[b]['fp32'] / cpu[b][name]:.2f}×)" for b in BATCHES]
                 lines.append(f"| {labels[name]} | " + " | ".join(cells) + " |")
+        thin = ((v["int8"].get("record") or {}).get("settings") or {}).get("thin_convs")
+        if thin:
+            lines += ["", f"The defaults' stem decision: {_thin_text(thin)}."]
         p32, p8 = r["profile_fp32"], r["profile_int8"]
         lines += [
             "",
@@ -328,8 +446,23 @@ def section(results: list[dict[str, Any]], threads: int, rounds: int, wall: floa
         ):
             shown = f"{value:.2%}" if need < 1 else f"{value:.2f}×"
             lines.append(f"| {text} | {shown} | {'yes' if value >= need else 'NO'} |")
+    ceiling = next((r for r in results if r["hybrid"].get("key") == "ceiling"), None)
+    if ceiling is not None:
+        m, c = ceiling["medians"], ceiling["cpu"]
+        lines += [
+            "",
+            f"The ceiling, the digits' int8 layers alone: {m[1]['fp32'] / m[1]['int8']:.2f}× at batch 1 and "
+            f"{m[64]['fp32'] / m[64]['int8']:.2f}× at batch 64 (2 threads, wall clock; one thread by CPU "
+            f"time {c[1]['fp32'] / c[1]['int8']:.2f}× and {c[64]['fp32'] / c[64]['int8']:.2f}×).",
+        ]
     lines += ["", LIMITS]
     return "\n".join(lines)
+
+
+def _thin_text(thin: dict[str, Any]) -> str:
+    from onnxstitch.precision._stem import thin_line
+
+    return thin_line(thin)
 
 
 LIMITS = (
@@ -370,20 +503,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few rounds (a smoke run)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--only", choices=("bench", "digits"), default=None)
+    parser.add_argument("--only", choices=("bench", "digits", "resnet18", "ceiling"), default=None)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/ alone")
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 5)
     repeats = {1: 20, 8: 8, 64: 2} if args.quick else {1: 100, 8: 40, 64: 8}
     started = time.perf_counter()
     results = []
-    builders = {"digits": digits_hybrid, "bench": bench_hybrid}
-    for key in ("digits", "bench"):
+    builders = {"digits": digits_hybrid, "bench": bench_hybrid, "resnet18": resnet18, "ceiling": digits_body}
+    for key in builders:
         if args.only not in (None, key):
             continue
         print(f"building the {key} hybrid …", flush=True)
         h = builders[key](args.threads)
         h["threads"] = args.threads
+        h["key"] = key
         variants = make_variants(h)
         medians = measure(variants, h, rounds, repeats)
         cpu = measure_cpu(variants, h, {b: max(3 * n, 30) for b, n in repeats.items()})

@@ -61,7 +61,10 @@ def test_measure_profile_and_section(bench: Any) -> None:
         "profile_fp32": p32,
         "profile_int8": p8,
     }
-    text = bench.section([result], 1, 1, 1.0)
+    ceiling = {**result, "hybrid": {**h, "key": "ceiling", "labels": None, "label": "the layers alone"}}
+    text = bench.section([result, ceiling], 1, 1, 1.0)
+    ratio = medians[64]["fp32"] / medians[64]["int8"]
+    assert "The ceiling, the digits' int8 layers alone: " in text and f"{ratio:.2f}× at batch 64" in text
     assert "### tiny MLP" in text and "| float32 merged | 100.00% | 10.00% |" in text
     assert "| ≥ 99 % top-1 agreement with the native chain (360 test images) | 100.00% | yes |" in text
     assert bench.LIMITS in text and "| variant (1 thread, CPU time) |" in text

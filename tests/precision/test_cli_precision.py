@@ -43,6 +43,7 @@ def test_quantize_round_trip_and_inspect(hybrid: Hybrid, tmp_path: Path) -> None
     assert "calibrating" in result.stderr or "quantizing" in result.stderr
     assert f"wrote {out}" in result.stdout and "output 'output':" in result.stdout
     assert "speed (batch 16, this machine's CPU" in _flat(result.stdout)
+    assert "thin convolutions (1): " in _flat(result.stdout)  # the stem, timed both ways
     assert ("does not pay here" in result.stdout) == (read_precision(ox.load(out))["speed"]["ratio"] < 1)  # type: ignore[index]
     q = ox.load(out)
     onnx.checker.check_model(str(out), full_check=True)

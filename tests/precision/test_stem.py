@@ -19,7 +19,7 @@ from onnx import numpy_helper
 import onnxstitch as ox
 from onnxstitch import _meta
 from onnxstitch.precision import read_precision
-from onnxstitch.precision._stem import MARGIN, choose_thin
+from onnxstitch.precision._stem import MARGIN, choose_thin, thin_line
 
 
 def _light() -> onnx.ModelProto:
@@ -64,6 +64,8 @@ def test_the_faster_way_is_chosen_and_recorded(kept_is_heavy: bool, chosen: str)
     ratios = [record["kept_float32_ms"][b] / record["int8_ms"][b] for b in ("1", "64")]
     assert record["int8_gain"] == pytest.approx(float(np.sqrt(ratios[0] * ratios[1])), rel=0.02)
     assert (record["int8_gain"] >= MARGIN) == (chosen == "int8")
+    shown = "quantized int8" if chosen == "int8" else "kept float32"
+    assert thin_line(record).startswith(f"thin convolutions (1): {shown}: int8 ")
 
 
 def test_a_close_call_keeps_the_stem_float32() -> None:
