@@ -466,18 +466,21 @@ def _thin_text(thin: dict[str, Any]) -> str:
 
 
 LIMITS = (
-    "What limits it: onnxruntime's int8 convolution (QLinearConv, U8S8 on MLAS's VNNI kernels) is most "
-    "of the int8 time, and on layers of 16-64 channels it stays far from VNNI's 4× int8:fp32 peak; the "
-    "thinner the layer, the less it gains, and a 1- or 3-channel stem is slower in int8 (kept float32 by "
-    "`min_conv_channels=4`). What stays float: the stem, the small torch head (what pays) and the layout "
-    "work around the float stem (ReorderOutput, Transpose); Keras' global average pool (Transpose → "
-    "ReduceMean) is rewritten to GlobalAveragePool and pools in int8 (`global_pool=True`). At batch 1 a "
-    "whole run of the digits model (8×8 images) takes 20-40 µs, of which onnxruntime's fixed cost per "
-    "run (an Identity model from Python) is about 6 µs, and the per-node cost weighs most; int8 does not "
-    "reduce either. With 2 intra-op threads on a machine whose other processes keep both cores busy, "
-    "wall-clock ratios move by a third between runs; the 1-thread CPU-time table leaves that load out. "
-    "ORT optimization `basic` leaves the QDQ pairs unfused and the float convolutions out of the blocked "
-    "NCHWc layout: 1.5-8× slower than at `all` (the default of `ox.Session`)."
+    "What limits it: on the digits hybrid, its own int8 layers. The ceiling model runs exactly those "
+    "layers (32→32 channels on 8×8, 32→64 on 4×4) with nothing around them: the whole model cannot gain "
+    "more than they do, and at batch 64 they gain about what the whole model reaches with the stem and "
+    "head around them. Layers this small keep onnxruntime's int8 convolution (QLinearConv, U8S8 on "
+    "MLAS's VNNI kernels) far from VNNI's 4× int8:float32 peak; ResNet-18's 64-512 channels on 28×28 "
+    "to 4×4 maps reach 3.1-3.2×. At batch 1 a run of the digits model takes 20-25 µs, of which "
+    "onnxruntime's fixed cost per run from Python is about 6 µs and the rest mostly per-node cost; int8 "
+    "reduces neither. The stem is timed both ways by default: ResNet-18's 7×7 3-channel stem goes int8 "
+    "(with it float32 the int8 model ran at 1.7× instead of 3.1×: the layout changes and quantize "
+    "around a float stem cost more than it saves); the digits' 1-channel 3×3 stem stays float32 "
+    "(int8 there was slower). What stays float: the thin stem where it does not pay, the small torch "
+    "head (what pays), the layout work around a float stem (ReorderOutput, Transpose) and torch's "
+    "global average pool (ReduceMean over H, W; Keras' Transpose → ReduceMean is rewritten to pool in "
+    "int8). ORT optimization `basic` leaves the QDQ pairs unfused and the float convolutions out of the "
+    "blocked NCHWc layout: 1.5-4× slower than at `all` (the default of `ox.Session`)."
 )
 
 
