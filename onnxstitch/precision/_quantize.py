@@ -373,9 +373,15 @@ def quantize(
                     hint="keep the failing part in float32 (parts={...: 'fp32'})",
                 ) from exc
 
-        if min_conv_channels is None and thin:
+        if min_conv_channels is None and thin and not external:
             thin, settings["thin_convs"] = choose_thin(lambda keep: quantized(choice, keep), thin, held)
             settings["kept_fp32"] = sorted(thin)
+        elif min_conv_channels is None and thin:  # two more models past 2 GB to time: not done
+            settings["thin_convs"] = {
+                "convs": sorted(thin),
+                "decided": "not timed: the model is past 2 GB (pin min_conv_channels to choose)",
+                "chosen": "float32",
+            }
 
         def convert(c: Mapping[str, str]) -> onnx.ModelProto:
             return quantized(c, thin)

@@ -96,6 +96,8 @@ def thin_line(record: dict[str, Any]) -> str:
     """``thin convolutions (1): kept float32: int8 0.88x their float32 speed (one thread's CPU time,
     batch 1/64; int8 needs 1.10x)``."""
     chosen = "quantized int8" if record.get("chosen") == "int8" else "kept float32"
+    if "int8_gain" not in record:
+        return f"thin convolutions ({len(record.get('convs', []))}): {chosen}: {record.get('decided', '')}"
     batches = "/".join(record.get("int8_ms", {}))
     return (
         f"thin convolutions ({len(record.get('convs', []))}): {chosen}: int8 "

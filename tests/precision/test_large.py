@@ -172,3 +172,19 @@ def test_under_the_limit_nothing_is_written_for_the_gate(monkeypatch: pytest.Mon
     result = ox.to_fp16(model)
     assert written == []
     _check_result(result, model, rtol=0.01)
+
+
+def test_past_the_limit_the_thin_stem_is_not_timed_but_kept_float32(
+    route: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from onnxstitch.precision import _quantize
+
+    monkeypatch.setattr(_quantize, "THIN_CHANNELS", 32)  # conv0 (16 input channels) counts as thin
+    result = ox.quantize(conv_net(), {"x": samples(64, 1)}, min_agreement=0.9)
+    settings = read_precision(result)["settings"]  # type: ignore[index]
+    assert settings["kept_fp32"] == ["conv0"] and settings["min_conv_channels"] == "auto"
+    assert settings["thin_convs"]["decided"].startswith("not timed: the model is past 2 GB")
+    assert "thin convolutions (1): kept float32: not timed" in str(
+        PrecisionReport.from_dict(read_precision(result) or {})
+    )
+    assert [c["tool"] for c in route["calls"]] == ["quantize_static"]  # one way only
