@@ -24,6 +24,7 @@ from onnxstitch.precision._calibration import Feeds
 
 __all__ = [
     "MAX_BATCH",
+    "fixed_batch",
     "measure_speed",
     "speed_line",
     "speed_note",
@@ -44,13 +45,18 @@ BLOCK_RUNS = 20
 BLOCK_S = 0.02
 
 
-def timing_batch(model: onnx.ModelProto, holdout: Sequence[Feeds]) -> Feeds:
-    """The hold-out samples as one batch of up to :data:`MAX_BATCH` (the first hold-out feed when an
-    input's batch dimension is fixed)."""
-    fixed = any(
+def fixed_batch(model: onnx.ModelProto) -> bool:
+    """Whether an input's first (batch) dimension is a fixed number."""
+    return any(
         i.type.tensor_type.shape.dim and i.type.tensor_type.shape.dim[0].HasField("dim_value")
         for i in model.graph.input
     )
+
+
+def timing_batch(model: onnx.ModelProto, holdout: Sequence[Feeds]) -> Feeds:
+    """The hold-out samples as one batch of up to :data:`MAX_BATCH` (the first hold-out feed when an
+    input's batch dimension is fixed)."""
+    fixed = fixed_batch(model)
     if fixed or len(holdout) == 1:
         return {k: v[:MAX_BATCH] if not fixed else v for k, v in holdout[0].items()}
     return {k: np.concatenate([f[k] for f in holdout])[:MAX_BATCH] for k in holdout[0]}

@@ -28,8 +28,9 @@ from typing import Any
 
 import onnx
 
+from onnxstitch.errors import StitchError
 from onnxstitch.precision._calibration import Feeds
-from onnxstitch.precision._speed import time_models, timing_batch
+from onnxstitch.precision._speed import fixed_batch, time_models, timing_batch
 
 __all__ = ["MARGIN", "THIN_CHANNELS", "choose_thin", "thin_line"]
 
@@ -52,17 +53,28 @@ def choose_thin(
 ) -> tuple[set[str], dict[str, Any]]:
     """The convolutions to keep float32 (``thin`` or none) and the record of why.
 
+    Timed at batch 1 and at the timing batch (only the latter where the batch dimension is fixed).
+    Where quantizing the thin convolutions fails, they stay float32 and the record says so.
+
     Args:
-        convert: quantizes the model keeping the named convolutions float32.
+        convert: quantizes the model keeping the named convolutions float32 (raises ``StitchError``).
         thin: the thin convolutions of the static int8 parts (not empty).
         holdout: the samples timed on (the hold-out set of the gate).
     """
     kept = convert(thin)
-    quantized = convert(())
+    try:
+        quantized = convert(())
+    except StitchError as exc:  # onnxruntime's tools cannot quantize them: they stay float32
+        logger.info("thin convolutions %s stay float32: quantizing them failed: %s", sorted(thin), exc)
+        return set(thin), {
+            "convs": sorted(thin),
+            "decided": f"quantizing them failed ({type(exc).__name__})",
+            "chosen": "float32",
+        }
     big = timing_batch(kept, holdout)
     batches = [big]
     rows = len(next(iter(big.values()))) if big else 1
-    if rows > 1:
+    if rows > 1 and not fixed_batch(kept):
         batches.insert(0, {k: v[:1] for k, v in big.items()})
     timings: dict[str, dict[str, float]] = {"kept_float32_ms": {}, "int8_ms": {}}
     ratios = []

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 
 import onnxstitch as ox
 from onnxstitch import _meta
+from onnxstitch.errors import StitchError
 from onnxstitch.precision import read_precision
 from onnxstitch.precision._stem import MARGIN, choose_thin, thin_line
 
@@ -67,6 +68,28 @@ def test_the_faster_way_is_chosen_and_recorded(kept_is_heavy: bool, chosen: str)
     assert (record["int8_gain"] >= MARGIN) == (chosen == "int8")
     shown = "quantized int8" if chosen == "int8" else "kept float32"
     assert thin_line(record).startswith(f"thin convolutions (1): {shown}: int8 ")
+
+
+def test_a_fixed_batch_is_timed_at_that_batch_only() -> None:
+    heavy, light = _heavy(), _light()
+    for model in (heavy, light):  # the batch dimension fixed at 64
+        for value in (*model.graph.input, *model.graph.output):
+            value.type.tensor_type.shape.dim[0].dim_value = 64
+    keep, record = choose_thin(lambda keep: heavy if keep else light, {"stem"}, HOLDOUT, budget_s=0.05)
+    assert set(record["int8_ms"]) == {"64"} and record["chosen"] == "int8" and keep == set()
+
+
+def test_a_stem_that_cannot_be_quantized_stays_float32() -> None:
+    light = _light()
+
+    def convert(keep: Collection[str]) -> onnx.ModelProto:
+        if not keep:
+            raise StitchError("onnxruntime's quantization failed for parts {'model': 'int8'}: boom")
+        return light
+
+    keep, record = choose_thin(convert, {"stem"}, HOLDOUT)
+    assert keep == {"stem"} and record["chosen"] == "float32" and "int8_ms" not in record
+    assert thin_line(record) == "thin convolutions (1): kept float32: quantizing them failed (StitchError)"
 
 
 def test_a_close_call_keeps_the_stem_float32() -> None:
