@@ -82,7 +82,8 @@ def time_models(
     from onnxstitch.runtime.session import Session
 
     # spinning off: an idle session's intra-op threads would otherwise spin on the cores the other
-    # model is timed on (measured: the same two int8 models 3.9 and 3.0 ms, or 3.1 and 3.1 ms)
+    # model is timed on (measured on 2 cores: the bench hybrid's float32 model, 4.4-4.7 ms a batch
+    # of 64 alone, took 6.8-10.9 ms timed against a spinning int8 session)
     threads = 1 if cpu_time else None
     sessions = [Session(m, device="cpu", spinning=False, threads=threads) for m in models]
     feeds = []
